@@ -1,0 +1,227 @@
+"""Load and validate one version of the model repository (format: docs/model_repo.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "gr-serve/model-repo"
+FORMAT_VERSION = 1
+SPECIAL_NAMES = ("pad", "bos", "eos", "unk", "history", "query", "sid")
+
+
+class RepoError(ValueError):
+    """A model-repository version is missing, malformed or tampered with; the message says what."""
+
+
+@dataclass(frozen=True)
+class SidSpec:
+    length: int
+    codebook_sizes: tuple[int, ...]
+    level_names: tuple[str, ...]
+    token_offsets: tuple[int, ...]
+
+    def token_name(self, level: int, code: int) -> str:
+        return f"<{self.level_names[level]}_{code}>"
+
+    def to_tokens(self, codes: tuple[int, ...] | list[int]) -> list[int]:
+        return [self.token_offsets[lvl] + int(c) for lvl, c in enumerate(codes)]
+
+    def to_codes(self, tokens: list[int]) -> tuple[int, ...]:
+        return tuple(int(t) - self.token_offsets[lvl] for lvl, t in enumerate(tokens))
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    pad: int
+    bos: int
+    eos: int
+    unk: int
+    history: int
+    query: int
+    sid: int
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    max_history_items: int
+    max_query_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    root: Path
+    model: str
+    version: str
+    catalog_version: str
+    item_count: int
+    sid: SidSpec
+    special: SpecialTokens
+    prompt: PromptSpec
+    manifest: dict[str, Any]
+
+    @property
+    def hf_dir(self) -> Path:
+        return self.root / "hf"
+
+    @cached_property
+    def sids(self) -> np.ndarray:
+        return np.load(self.root / "catalog" / "sids.npy", allow_pickle=False)
+
+    @cached_property
+    def items(self) -> list[dict[str, str]]:
+        with open(self.root / "catalog" / "items.jsonl", encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [str(it["item_id"]) for it in self.items]
+
+
+def resolve_version_dir(repo: Path, model: str, version: str) -> Path:
+    """``repo/model/version``; ``latest`` picks the highest integer version (then names, sorted)."""
+    model_dir = Path(repo) / model
+    if not model_dir.is_dir():
+        raise RepoError(f"model {model!r} not found: {model_dir} is not a directory")
+    if version != "latest":
+        path = model_dir / version
+        if not path.is_dir():
+            raise RepoError(f"version {version!r} of model {model!r} not found at {path}")
+        return path
+    versions = [p for p in model_dir.iterdir() if p.is_dir() and (p / "manifest.json").is_file()]
+    if not versions:
+        raise RepoError(f"model {model!r} has no version with a manifest.json under {model_dir}")
+    return max(versions, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def catalog_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("sids.npy", "items.jsonl"):
+        with open(root / "catalog" / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in obj:
+        raise RepoError(f"manifest.json: missing {where}{key}")
+    if not isinstance(obj[key], kind):
+        raise RepoError(f"manifest.json: {where}{key} has the wrong type ({type(obj[key]).__name__})")
+    return obj[key]
+
+
+def _parse_manifest(root: Path) -> ModelVersion:
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise RepoError(f"{root}: no manifest.json")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RepoError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
+        raise RepoError(f"{path}: not a {FORMAT} manifest of format_version {FORMAT_VERSION}")
+    sid = _require(m, "sid", dict, "")
+    length = _require(sid, "length", int, "sid.")
+    sizes = tuple(_require(sid, "codebook_sizes", list, "sid."))
+    names = tuple(_require(sid, "level_names", list, "sid."))
+    offsets = tuple(_require(sid, "token_offsets", list, "sid."))
+    if length < 1 or not (len(sizes) == len(names) == len(offsets) == length):
+        raise RepoError(f"{path}: sid.length {length} disagrees with codebook_sizes/level_names/token_offsets")
+    if any(not isinstance(k, int) or k < 1 for k in sizes):
+        raise RepoError(f"{path}: sid.codebook_sizes must be positive integers")
+    special = _require(m, "special_tokens", dict, "")
+    prompt = _require(m, "prompt", dict, "")
+    return ModelVersion(
+        root=root,
+        model=str(_require(m, "model", str, "")),
+        version=str(_require(m, "version", str, "")),
+        catalog_version=str(_require(m, "catalog_version", str, "")),
+        item_count=int(_require(m, "item_count", int, "")),
+        sid=SidSpec(length, sizes, tuple(map(str, names)), tuple(int(o) for o in offsets)),
+        special=SpecialTokens(**{n: int(_require(special, n, int, "special_tokens.")) for n in SPECIAL_NAMES}),
+        prompt=PromptSpec(
+            max_history_items=int(_require(prompt, "max_history_items", int, "prompt.")),
+            max_query_tokens=int(_require(prompt, "max_query_tokens", int, "prompt.")),
+        ),
+        manifest=m,
+    )
+
+
+def _verify_files(mv: ModelVersion) -> None:
+    files = _require(mv.manifest, "files", dict, "")
+    listed = set(files)
+    present = {
+        str(p.relative_to(mv.root)) for p in mv.root.rglob("*") if p.is_file() and p.name != "manifest.json"
+    }
+    if unlisted := sorted(present - listed):
+        raise RepoError(f"{mv.root}: files not listed in manifest.json: {', '.join(unlisted[:5])}")
+    for rel, digest in sorted(files.items()):
+        p = mv.root / rel
+        if not p.is_file():
+            raise RepoError(f"{mv.root}: {rel} is listed in manifest.json but missing")
+        if sha256_file(p) != digest:
+            raise RepoError(f"{mv.root}: {rel} does not match its sha256 in manifest.json (tampered or stale)")
+    if catalog_digest(mv.root) != mv.catalog_version:
+        raise RepoError(f"{mv.root}: catalog_version {mv.catalog_version} does not match the catalog files")
+
+
+def _verify_catalog(mv: ModelVersion) -> None:
+    sids = mv.sids
+    if sids.dtype != np.int32 or sids.ndim != 2 or sids.shape != (mv.item_count, mv.sid.length):
+        raise RepoError(
+            f"catalog/sids.npy is {sids.dtype}{list(sids.shape)}, expected int32[{mv.item_count}, {mv.sid.length}]"
+        )
+    from service.engine.trie import SidTrie  # trie building also checks ranges and duplicates
+
+    try:
+        SidTrie.build(sids, mv.sid.codebook_sizes)
+    except ValueError as e:
+        raise RepoError(f"catalog/sids.npy: {e}") from e
+    ids = mv.item_ids
+    if len(ids) != mv.item_count:
+        raise RepoError(f"catalog/items.jsonl has {len(ids)} items, manifest says {mv.item_count}")
+    if len(set(ids)) != len(ids):
+        raise RepoError("catalog/items.jsonl: item ids are not unique")
+
+
+def _verify_tokenizer(mv: ModelVersion) -> None:
+    from tokenizers import Tokenizer
+
+    path = mv.hf_dir / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    for name in SPECIAL_NAMES:
+        want = getattr(mv.special, name)
+        got = tok.token_to_id(f"<{name}>")
+        if got != want:
+            raise RepoError(f"{path}: special token <{name}> has id {got}, manifest says {want}")
+    for level, k in enumerate(mv.sid.codebook_sizes):
+        for code in range(k):
+            name = mv.sid.token_name(level, code)
+            got = tok.token_to_id(name)
+            if got != mv.sid.token_offsets[level] + code:
+                raise RepoError(f"{path}: SID token {name} has id {got}, expected {mv.sid.token_offsets[level] + code}")
+
+
+def load_version(root: Path, *, verify: bool = True) -> ModelVersion:
+    """Parse ``root/manifest.json``; with ``verify`` also check hashes, catalog and tokenizer."""
+    mv = _parse_manifest(Path(root))
+    if verify:
+        _verify_files(mv)
+        _verify_catalog(mv)
+        _verify_tokenizer(mv)
+    return mv

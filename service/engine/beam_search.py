@@ -1,0 +1,69 @@
+"""Beam search over Semantic IDs on top of the vLLM engine.
+
+Why this shape: a SID is only L tokens long, so the whole search is L engine rounds. Each round
+submits one 1-token request per live beam (prompt + the beam's SID prefix); all of them, from all
+in-flight queries, land in the same vLLM engine step through continuous batching, and prefix caching
+re-uses the shared prompt. Compared with vLLM's built-in ``LLM.beam_search`` this
+- starts with ONE request for the first level (all beams share the bare prompt), not B;
+- asks each beam for only its top-B children (enough for an exact top-B: no beam can contribute more);
+- reads *processed* log-probs, i.e. renormalised over the tokens the trie allows, so invalid tokens
+  never enter a beam, and the built-in path's detokenisation and per-step Python objects are skipped.
+
+Scores: a beam's score is the sum over its L tokens of log p(token | prompt, prefix), where each
+step's distribution is the model's softmax renormalised over the trie-allowed tokens of that step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from service.catalog.repo import SidSpec
+
+
+class NextTokenSource(Protocol):
+    async def next_token_logprobs(self, prompt: list[int], k: int) -> list: ...  # list[TokenLogprob]
+
+
+@dataclass(frozen=True)
+class Beam:
+    codes: tuple[int, ...]
+    score: float
+
+
+@dataclass
+class SearchResult:
+    beams: list[Beam]  # complete SIDs, best first
+    steps: list[list[Beam]] = field(default_factory=list)  # live beams after each level (debug)
+    engine_requests: int = 0
+    off_level_tokens: int = 0  # tokens outside the level's SID range: hallucinations, must stay 0
+
+
+async def sid_beam_search(
+    engine: NextTokenSource, prompt: list[int], sid: SidSpec, beam_width: int
+) -> SearchResult:
+    result = SearchResult(beams=[Beam((), 0.0)])
+    beams = result.beams
+    for level in range(sid.length):
+        offset, size = sid.token_offsets[level], sid.codebook_sizes[level]
+        children = await asyncio.gather(
+            *(engine.next_token_logprobs(prompt + sid.to_tokens(b.codes), beam_width) for b in beams)
+        )
+        result.engine_requests += len(beams)
+        candidates = []
+        for beam, options in zip(beams, children, strict=True):
+            for opt in options:
+                code = opt.token - offset
+                if not 0 <= code < size:
+                    result.off_level_tokens += 1
+                    continue
+                candidates.append(Beam(beam.codes + (code,), beam.score + opt.logprob))
+        # Deterministic order: score, then codes ascending (the reference search breaks ties the same way).
+        candidates.sort(key=lambda c: (-c.score, c.codes))
+        beams = candidates[:beam_width]
+        result.steps.append(beams)
+        if not beams:
+            break
+    result.beams = beams if beams and len(beams[0].codes) == sid.length else []
+    return result

