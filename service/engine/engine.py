@@ -111,6 +111,27 @@ class SidEngine:
         ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
         return [TokenLogprob(t, v) for t, v in ranked]
 
+    async def greedy(self, prompt: list[int], max_tokens: int, *, constrained: bool = True) -> list[int]:
+        """Greedy continuation; ``constrained=False`` opts out of the trie (to show what it prevents)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from service.engine.logits_processor import OPT_OUT_KEY
+
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=0.0,
+            detokenize=False,
+            ignore_eos=not constrained,  # unconstrained: show the L tokens the raw model would emit
+            extra_args=None if constrained else {OPT_OUT_KEY: False},
+        )
+        final = None
+        async for out in self._llm.generate(  # type: ignore[attr-defined]
+            TokensPrompt(prompt_token_ids=prompt), params, request_id=f"gr-{next(self._ids)}"
+        ):
+            final = out
+        return list(final.outputs[0].token_ids) if final is not None else []
+
     async def check_health(self) -> None:
         await self._llm.check_health()  # type: ignore[attr-defined]
 

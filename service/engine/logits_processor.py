@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from service.engine.constraint import SidConstraint, load_constraint
+from service.engine.constraint import OPT_OUT_KEY, SidConstraint, load_constraint, wants_constraint
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
     from vllm.config import VllmConfig
 
-OPT_OUT_KEY = "gr_constrain"
+__all__ = ["OPT_OUT_KEY", "TrieLogitsProcessor"]
 
 
 @dataclass
@@ -48,8 +48,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         return False  # it changes which token wins
 
     def _start_row(self, params: SamplingParams, prompt: list[int] | None, output: list[int]) -> _Row | None:
-        extra = params.extra_args or {}
-        if extra.get(OPT_OUT_KEY) is False or not prompt:
+        if not wants_constraint(params.extra_args) or not prompt:
             return None
         depth, node = self.constraint.prompt_state(prompt)
         if depth is None:

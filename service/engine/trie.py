@@ -155,3 +155,42 @@ class TrieMasker:
         sub = logits[rows]
         sub.masked_fill_(~keep, float("-inf"))
         logits[rows] = sub
+
+    # ------------------------------------------------------------------ sync-free variants (Model Runner V2)
+    # ``mask`` above selects rows with nonzero / repeat_interleave, which wait on the GPU. The two methods below
+    # keep every shape fixed by the catalog (L levels, K_d candidates per row), so a GPU step never waits.
+
+    def walk_tokens(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Node of each row's SID prefix: its first ``lengths[r]`` (at most L) tokens of ``tokens [R, L]``.
+
+        Same transitions as ``SidTrie.advance`` (``DEAD`` once a token leaves the trie), as tensor ops.
+        """
+        nodes = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        for d in range(self.trie.sid_length):
+            k = self.trie.codebook_sizes[d]
+            keys = self.key[d]
+            codes = tokens[:, d].long() - self.offsets[d]
+            wanted = nodes * k + codes
+            idx = torch.searchsorted(keys, wanted)
+            # idx == len(keys) reads the last key, which is < wanted, so the equality test rejects it
+            ok = (nodes >= 0) & (codes >= 0) & (codes < k) & (keys[idx.clamp(max=keys.numel() - 1)] == wanted)
+            nodes = torch.where(lengths > d, torch.where(ok, idx, DEAD), nodes)
+        return nodes
+
+    def mask_rows(self, logits: torch.Tensor, active: torch.Tensor, depths: torch.Tensor, nodes: torch.Tensor) -> None:
+        """In place, over all rows of ``logits``: like ``mask``, but rows with ``active`` False are left alone."""
+        num_rows, vocab = logits.shape
+        # Column ``vocab`` is a sink for padding candidates, so the scatter needs no data-dependent shapes.
+        keep = torch.zeros((num_rows, vocab + 1), dtype=torch.bool, device=logits.device)
+        finished = (depths >= self.trie.sid_length) | (nodes < 0)
+        keep[:, self.eos_id] = finished
+        for d in range(self.trie.sid_length):
+            k = self.trie.codebook_sizes[d]
+            at_d = (depths == d) & ~finished
+            node = torch.where(at_d, nodes, 0)
+            start, end = self.ptr[d][node], self.ptr[d][node + 1]
+            child = start[:, None] + torch.arange(k, device=logits.device)  # a node has at most K_d children
+            valid = (child < end[:, None]) & at_d[:, None]
+            codes = self.key[d][child.clamp(max=self.key[d].numel() - 1)] % k
+            keep.scatter_(1, torch.where(valid, codes + self.offsets[d], vocab), True)
+        logits.masked_fill_(active[:, None] & ~keep[:, :vocab], float("-inf"))

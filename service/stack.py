@@ -1,0 +1,155 @@
+"""``python -m service.stack``: the compose stack without Docker, as local processes.
+
+Starts a private ``redis-server`` (no persistence: the catalog is rebuilt from model_repo/), runs the
+one-shot catalog loader, starts the gateway, waits until ``/readyz`` is 200, sends one example request,
+then serves until Ctrl-C (or until a child dies), and shuts everything down in reverse order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_redis(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    import redis
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}")
+        try:
+            redis.Redis(port=port).ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError("redis-server did not answer PING")
+
+
+def _http(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        print(f"[stack] starting {name}: {' '.join(cmd)}", flush=True)
+        proc = subprocess.Popen(cmd, env=env)  # children write to our stdout/stderr: one log stream
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                print(f"[stack] stopping {name}", flush=True)
+                proc.send_signal(signal.SIGINT if name == "gateway" else signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    def first_dead(self) -> tuple[str, int] | None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                return name, proc.returncode
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m service.stack", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--redis-port", type=int, default=0, help="port of the private redis-server (0: a free one)")
+    p.add_argument("--ready-timeout", type=float, default=600.0)
+    p.add_argument("--exit-after-ready", action="store_true", help="stop once the example request succeeded")
+    args = p.parse_args(argv)
+
+    redis_bin = shutil.which("redis-server")
+    if redis_bin is None:
+        print("error: redis-server not found on PATH (Debian: apt-get install redis-server)", file=sys.stderr)
+        return 2
+    redis_port = args.redis_port or _free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="gr-stack-"))
+    env = dict(os.environ, GR_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", PYTHONUNBUFFERED="1")
+    stack = Stack()
+    stopping = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        redis_proc = stack.start("redis", [
+            redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(workdir), "--maxmemory-policy", "noeviction", "--loglevel", "warning",
+        ], env)
+        _wait_redis(redis_port, redis_proc)
+        loader = subprocess.run([sys.executable, "-m", "service.catalog.load"], env=env)
+        if loader.returncode != 0:
+            print(f"[stack] catalog loader failed with exit status {loader.returncode}", file=sys.stderr)
+            return loader.returncode
+        stack.start("gateway", [sys.executable, "-m", "service", "--host", args.host, "--port", str(args.port)], env)
+        base = f"http://{args.host}:{args.port}"
+        deadline = time.monotonic() + args.ready_timeout
+        while True:
+            if (dead := stack.first_dead()) is not None:
+                print(f"[stack] {dead[0]} exited with {dead[1]} before becoming ready", file=sys.stderr)
+                return 1
+            try:
+                if _http(f"{base}/readyz", timeout=5)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                print("[stack] gateway not ready in time", file=sys.stderr)
+                return 1
+            time.sleep(1)
+        status, body = _http(f"{base}/retrieve", {"query": "star wars", "top_k": 5})
+        print(f"[stack] ready at {base}  (Prometheus metrics: {base}/metrics)", flush=True)
+        print(f"[stack] POST /retrieve {{\"query\": \"star wars\", \"top_k\": 5}} -> {status}", flush=True)
+        print(json.dumps(body, indent=2), flush=True)
+        if args.exit_after_ready:
+            return 0 if status == 200 else 1
+        print("[stack] serving; Ctrl-C to stop", flush=True)
+        while not stopping:
+            if (dead := stack.first_dead()) is not None:
+                print(f"[stack] {dead[0]} exited with {dead[1]}; stopping", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

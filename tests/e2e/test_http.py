@@ -1,0 +1,114 @@
+"""The HTTP contract, end to end: real uvicorn + vLLM engine + redis-server."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import Gateway
+
+pytestmark = pytest.mark.e2e
+
+
+def test_retrieve_returns_distinct_catalog_items_best_first(gateway: Gateway) -> None:
+    with gateway.client() as c:
+        r = c.post("/retrieve", json={"query": "kalo mine", "top_k": 7})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    items = body["items"]
+    assert len(items) == 7 and len({it["item_id"] for it in items}) == 7
+    scores = [it["score"] for it in items]
+    assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
+    assert body["model_version"] == "synthetic/1" and body["beam_width"] == 20
+    assert body["debug"] is None and body["ignored_history"] == []
+
+
+def test_history_debug_and_ignored_items(gateway: Gateway) -> None:
+    with gateway.client() as c:
+        r = c.post("/retrieve", json={"history": ["3", 17, "delisted-9"], "top_k": 3, "beam_width": 5,
+                                      "debug": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ignored_history"] == ["delisted-9"]
+    dbg = body["debug"]
+    prompt = dbg["prompt_token_ids"]
+    assert prompt[:2] == [1, 4] and prompt[-2:] == [5, 6]  # <bos> <history> ... <query> <sid>
+    assert len(prompt) == 2 + 2 * 4 + 2  # two known history items of 4 SID tokens
+    assert [len(step) for step in dbg["steps"]][-1] == 5 and len(dbg["steps"]) == 4
+    last = dbg["steps"][-1]
+    assert [b["score"] for b in last[:3]] == [it["score"] for it in body["items"]]
+    assert dbg["engine_requests"] == 1 + 5 * 3
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"query": "x" * 5000}, "query"),
+        ({}, "query"),
+        ({"query": "  "}, "query"),
+        ({"history": ["unknown-1", "unknown-2"]}, "history"),
+        ({"query": "a", "top_k": 0}, "top_k"),
+        ({"query": "a", "top_k": 10, "beam_width": 5}, "top_k"),
+        ({"query": "a", "top_k": 500}, "top_k"),
+        ({"query": "a", "beam_width": 10_000}, "beam_width"),
+        ({"query": 12}, "query"),
+        ({"query": "a", "top_k": "10"}, "top_k"),
+        ({"query": "a", "history": "3"}, "history"),
+        ({"query": "a", "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_input_gets_a_4xx_naming_the_field(gateway: Gateway, payload: dict, field: str) -> None:
+    with gateway.client() as c:
+        r = c.post("/retrieve", json=payload)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["field"] == field and err["message"]
+    assert "Traceback" not in r.text
+
+
+def test_non_json_body(gateway: Gateway) -> None:
+    with gateway.client() as c:
+        r = c.post("/retrieve", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["error"] == {"code": "invalid_json", "message": "request body is not valid JSON", "field": "body"}
+
+
+def test_metrics_are_parseable_and_count_requests(gateway: Gateway) -> None:
+    with gateway.client() as c:
+        c.post("/retrieve", json={"query": "kalo"})
+        text = c.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("gr_request_latency_seconds", "gr_stage_latency_seconds", "gr_requests", "gr_requests_in_flight",
+                 "gr_invalid_sids", "gr_beam_width", "gr_top_k", "gr_ready"):
+        assert name in families, name
+    ok = [s for s in families["gr_requests"].samples
+          if s.name == "gr_requests_total" and s.labels == {"outcome": "ok", "status": "200"}]
+    assert ok and ok[0].value >= 1
+    invalid = [s for s in families["gr_invalid_sids"].samples if s.name == "gr_invalid_sids_total"]
+    assert invalid[0].value == 0
+    stages = {s.labels["stage"] for s in families["gr_stage_latency_seconds"].samples if "stage" in s.labels}
+    assert {"tokenize", "engine", "redis"} <= stages
+
+
+def test_healthz(gateway: Gateway) -> None:
+    assert httpx.get(f"{gateway.base}/healthz").json() == {"status": "alive"}
+
+
+def test_readyz_follows_redis_and_catalog_is_reloaded(gateway: Gateway) -> None:
+    """Stop Redis: 503 with a reason and /retrieve 503; start a bare one: the gateway reloads, 200 again."""
+    with gateway.client() as c:
+        assert c.get("/readyz").status_code == 200
+        gateway.redis.stop()
+        r = c.get("/readyz")
+        assert r.status_code == 503 and any("Redis unreachable" in x for x in r.json()["reasons"])
+        r = c.post("/retrieve", json={"query": "kalo"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+        gateway.redis.start()  # empty: no persistence, no live marker
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "gateway did not reload the catalog into the new Redis"
+            time.sleep(0.2)
+        assert c.post("/retrieve", json={"query": "kalo"}).status_code == 200
