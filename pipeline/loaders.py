@@ -1,4 +1,4 @@
-"""Dataset loaders. Every loader returns the same two tables, so the rest of the pipeline is dataset-agnostic."""
+"""Dataset loaders: each returns the same two tables, so the rest of the pipeline is dataset-agnostic."""
 
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ class ML100kLoader:
                 rec = dict(zip(header, r, strict=False))
                 year = rec.get("release_year", "").strip()
                 title = rec["movie_title"].strip() + (f" ({year})" if year else "")
-                items.append({"item_id": rec["item_id"], "title": title,
-                              "category": rec.get("class", "").strip()})
+                items.append(
+                    {"item_id": rec["item_id"], "title": title, "category": rec.get("class", "").strip()}
+                )
         inter = []
         with (root / "ml-100k.inter").open(encoding="utf-8") as f:
             rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -92,8 +93,11 @@ class BookCrossingLoader:
             for u, i, _ in inter:
                 icount[i] = icount.get(i, 0) + 1
                 ucount[u] = ucount.get(u, 0) + 1
-            inter = [x for x in inter if icount[x[1]] >= self.min_item_interactions
-                     and ucount[x[0]] >= self.min_user_interactions]
+            inter = [
+                x
+                for x in inter
+                if icount[x[1]] >= self.min_item_interactions and ucount[x[0]] >= self.min_user_interactions
+            ]
         keep = {i for _, i, _ in inter}
         items, seen = [], set()
         for b in books:
@@ -101,8 +105,13 @@ class BookCrossingLoader:
             if isbn in keep and isbn not in seen:
                 seen.add(isbn)
                 author = col(b, "book-author")
-                items.append({"item_id": isbn, "title": col(b, "book-title"),
-                              "category": f"{author} {col(b, 'publisher')}".strip()})
+                items.append(
+                    {
+                        "item_id": isbn,
+                        "title": col(b, "book-title"),
+                        "category": f"{author} {col(b, 'publisher')}".strip(),
+                    }
+                )
         inter = [x for x in inter if x[1] in seen]
         return Dataset("book-crossing", items, inter)
 
@@ -127,8 +136,12 @@ class TableLoader:
             return list(csv.DictReader(f))
 
     def load(self) -> Dataset:
-        items = [{"item_id": str(r["item_id"]), "title": str(r["title"]), "category": str(r.get("category", ""))}
-                 for r in self._rows(self.items_path)]
-        inter = [(str(r["user_id"]), str(r["item_id"]), int(float(r["timestamp"])))
-                 for r in self._rows(self.interactions_path)]
+        items = [
+            {"item_id": str(r["item_id"]), "title": str(r["title"]), "category": str(r.get("category", ""))}
+            for r in self._rows(self.items_path)
+        ]
+        inter = [
+            (str(r["user_id"]), str(r["item_id"]), int(float(r["timestamp"])))
+            for r in self._rows(self.interactions_path)
+        ]
         return Dataset(self.items_path.stem, items, inter)

@@ -1,4 +1,4 @@
-"""Prompt assembly, exactly as docs/model_repo.md specifies (the service has its own copy; they must agree)."""
+"""Prompt assembly exactly as docs/model_repo.md specifies (the service has its own copy; must agree)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pipeline.tokens import BOS, HISTORY, QUERY, SID
 
 MAX_HISTORY_ITEMS = 20
 MAX_QUERY_TOKENS = 32
-PROMPT_TEMPLATE = "<bos> <history> {SID tokens of each history item, oldest first} <query> {query word tokens} <sid>"
+PROMPT_TEMPLATE = (
+    "<bos> <history> {SID tokens of each history item, oldest first} <query> {query word tokens} <sid>"
+)
 
 
 def assemble_prompt(
@@ -29,10 +31,7 @@ def assemble_prompt(
     A None/empty query yields no query tokens, but the `<query>` marker is always present.
     """
     known = [item_to_sid[i] for i in history if i in item_to_sid]
-    if max_history_items <= 0:
-        known = []
-    else:
-        known = known[-max_history_items:]
+    known = [] if max_history_items <= 0 else known[-max_history_items:]
     ids = [BOS, HISTORY]
     for sid in known:
         ids.extend(int(off) + int(code) for off, code in zip(token_offsets, sid, strict=True))

@@ -44,7 +44,7 @@ def _beam_search(model, prompt_ids, sid_length, token_offsets, allowed, beam_wid
             ids = torch.tensor([token_offsets[level] + c for c in codes_ok], dtype=torch.long)
             # Renormalise over the allowed set: the score is what a constrained sampler would assign.
             logp = torch.log_softmax(logits[b, ids], dim=-1).tolist()
-            cands.extend((score + lp, codes + (c,), b) for c, lp in zip(codes_ok, logp, strict=True))
+            cands.extend((score + lp, (*codes, c), b) for c, lp in zip(codes_ok, logp, strict=True))
         cands.sort(key=lambda x: (-x[0], x[1]))
         cands = cands[:beam_width]
         beams = [(codes, score) for score, codes, _ in cands]
@@ -71,8 +71,9 @@ def constrained_beam_search(
     valid_prefixes: all prefixes of valid SIDs (see build_valid_prefixes); length-L members are the SIDs.
     """
     kids = _children(valid_prefixes)
-    return _beam_search(model, prompt_ids, sid_length, token_offsets,
-                        lambda codes, _lvl: kids.get(codes, []), beam_width)
+    return _beam_search(
+        model, prompt_ids, sid_length, token_offsets, lambda codes, _lvl: kids.get(codes, []), beam_width
+    )
 
 
 def unconstrained_beam_search(
@@ -83,5 +84,11 @@ def unconstrained_beam_search(
     beam_width: int,
 ) -> list[tuple[tuple[int, ...], float]]:
     """Beam search restricted only to the right level's SID tokens (no trie): measures hallucinated SIDs."""
-    return _beam_search(model, prompt_ids, len(codebook_sizes), token_offsets,
-                        lambda _codes, lvl: list(range(int(codebook_sizes[lvl]))), beam_width)
+    return _beam_search(
+        model,
+        prompt_ids,
+        len(codebook_sizes),
+        token_offsets,
+        lambda _codes, lvl: list(range(int(codebook_sizes[lvl]))),
+        beam_width,
+    )

@@ -17,8 +17,13 @@ def embed_texts(texts: Sequence[str], *, batch_size: int = 128) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(get_model_path()), device="cpu")
-    emb = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                       show_progress_bar=False, convert_to_numpy=True)
+    emb = model.encode(
+        list(texts),
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+        convert_to_numpy=True,
+    )
     # Rounding removes last-ulp noise (thread scheduling) so k-means sees identical inputs run to run.
     return np.round(emb.astype(np.float64), 5)
 
@@ -65,8 +70,13 @@ def sid_stats(prefix_codes: np.ndarray, sids: np.ndarray, codebook_sizes: Sequen
     _, inverse, counts = np.unique(prefix_codes, axis=0, return_inverse=True, return_counts=True)
     colliding = int((counts[inverse.ravel()] > 1).sum())
     util = [len(np.unique(sids[:, lvl])) / int(size) for lvl, size in enumerate(codebook_sizes)]
-    return SidStats(colliding / max(len(sids), 1), colliding, int(counts.max()) if len(counts) else 0,
-                    [round(u, 4) for u in util], [int(s) for s in codebook_sizes])
+    return SidStats(
+        colliding / max(len(sids), 1),
+        colliding,
+        int(counts.max()) if len(counts) else 0,
+        [round(u, 4) for u in util],
+        [int(s) for s in codebook_sizes],
+    )
 
 
 def build_sids(emb: np.ndarray, sizes: Sequence[int], *, seed: int) -> tuple[np.ndarray, list[int], SidStats]:

@@ -67,13 +67,28 @@ def build_synthetic_version(
         history = [items[int(j)]["item_id"] for j in rng.integers(0, n_items, size=int(rng.integers(0, 5)))]
         task = ("search", "next_item", "personalised_search")[k % 3]
         query = None if task == "next_item" else title_query(target["title"])
-        queries.append({"query": query, "history": [] if task == "search" else history,
-                        "target": target["item_id"], "task": task})
+        queries.append(
+            {
+                "query": query,
+                "history": [] if task == "search" else history,
+                "target": target["item_id"],
+                "task": task,
+            }
+        )
     return write_version(
-        out_dir, model_name=model_name, version=version, items=items, sids=sids,
-        codebook_sizes=codebook_sizes, tokenizer_words=words, model=model, eval_queries=queries,
+        out_dir,
+        model_name=model_name,
+        version=version,
+        items=items,
+        sids=sids,
+        codebook_sizes=codebook_sizes,
+        tokenizer_words=words,
+        model=model,
+        eval_queries=queries,
         eval_metrics={"note": "synthetic random-init version; no metrics"},
-        build_info={"dataset": "synthetic", "n_items": n_items}, seed=seed, overwrite=overwrite,
+        build_info={"dataset": "synthetic", "n_items": n_items},
+        seed=seed,
+        overwrite=overwrite,
     )
 
 

@@ -29,8 +29,8 @@ def _batches(lengths: Sequence[int], cfg: TrainConfig, gen: torch.Generator) -> 
     window = cfg.batch_size * 32
     batches = []
     for s in range(0, len(order), window):
-        chunk = sorted(order[s:s + window], key=lambda i: (lengths[i], i))
-        batches += [chunk[j:j + cfg.batch_size] for j in range(0, len(chunk), cfg.batch_size)]
+        chunk = sorted(order[s : s + window], key=lambda i: (lengths[i], i))
+        batches += [chunk[j : j + cfg.batch_size] for j in range(0, len(chunk), cfg.batch_size)]
     perm = torch.randperm(len(batches), generator=gen).tolist()
     return [batches[p] for p in perm]
 
@@ -46,11 +46,14 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     lengths = [len(ids) for ids, _ in examples]
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    total = max(1, round(cfg.epochs * steps_per_epoch))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
 
     def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10%
         if step < cfg.warmup_steps:
@@ -71,10 +74,10 @@ def train(
         target = torch.full((len(idx), width), -100, dtype=torch.long)
         for r, i in enumerate(idx):
             seq, plen = examples[i]
-            ids[r, :len(seq)] = torch.tensor(seq)
-            mask[r, :len(seq)] = 1
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
             # position p predicts token p+1: supervise predictions of the SID tokens and eos only
-            target[r, plen - 1:len(seq) - 1] = torch.tensor(seq[plen:])
+            target[r, plen - 1 : len(seq) - 1] = torch.tensor(seq[plen:])
         hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
         sel = target != -100
         logits = model.lm_head(hidden[sel])  # only supervised positions: skips most of the vocab matmul
@@ -90,9 +93,16 @@ def train(
         now = time.time()
         if now - last_log >= cfg.log_every_s or step == total:
             rate = step / (now - t0)
-            log(f"  train step {step}/{total} epoch {step / steps_per_epoch:.2f} loss {ema:.4f} "
-                f"lr {lr_at(step - 1):.2e} {rate * cfg.batch_size:.0f} ex/s ETA {(total - step) / rate:.0f}s")
+            log(
+                f"  train step {step}/{total} epoch {step / steps_per_epoch:.2f} loss {ema:.4f} "
+                f"lr {lr_at(step - 1):.2e} {rate * cfg.batch_size:.0f} ex/s ETA {(total - step) / rate:.0f}s"
+            )
             last_log = now
     model.eval()
-    return {"steps": total, "epochs": cfg.epochs, "examples": len(examples), "final_loss_ema": round(ema or 0, 4),
-            "seconds": round(time.time() - t0, 1)}
+    return {
+        "steps": total,
+        "epochs": cfg.epochs,
+        "examples": len(examples),
+        "final_loss_ema": round(ema or 0, 4),
+        "seconds": round(time.time() - t0, 1),
+    }

@@ -1,4 +1,4 @@
-"""Checks a written version against docs/model_repo.md (the pipeline's own self-check; the service has its own)."""
+"""Checks a written version against docs/model_repo.md (pipeline self-check; the service has its own)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def check_version(path: str | Path) -> dict:
     for rel, digest in m["files"].items():
         if hashlib.sha256((root / rel).read_bytes()).hexdigest() != digest:
             raise ValueError(f"sha256 mismatch: {rel}")
-    cat = hashlib.sha256((root / "catalog/sids.npy").read_bytes() + (root / "catalog/items.jsonl").read_bytes())
+    cat = hashlib.sha256(
+        (root / "catalog/sids.npy").read_bytes() + (root / "catalog/items.jsonl").read_bytes()
+    )
     if m["catalog_version"] != cat.hexdigest()[:16]:
         raise ValueError("catalog_version")
     sid = m["sid"]

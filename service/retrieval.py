@@ -87,7 +87,9 @@ class Retriever:
         except RedisError as e:
             raise Unavailable(f"catalog store unavailable: {type(e).__name__}") from e
 
-    async def _run(self, req: RetrieveRequest, query: str | None, history: list[str], beam_width: int) -> RetrieveResponse:
+    async def _run(
+        self, req: RetrieveRequest, query: str | None, history: list[str], beam_width: int
+    ) -> RetrieveResponse:
         known: list[tuple[int, ...]] = []
         ignored: list[str] = []
         if history:

@@ -115,11 +115,8 @@ class CatalogStore:
                 mapping[f"{self.ns}s:{part}"] = item_id
                 mapping[f"{self.ns}i:{item_id}"] = part
             if self._cluster:
-                # cross-slot MSET is not allowed on a cluster; the cluster pipeline batches per node
-                pipe = self.redis.pipeline()
-                for k, v in mapping.items():
-                    pipe.set(k, v)
-                await pipe.execute()
+                # cross-slot MSET is not allowed on a cluster: one MSET per slot, pipelined per node
+                await self.redis.mset_nonatomic(mapping)  # type: ignore[union-attr]
             else:
                 await self.redis.mset(mapping)
             await self.redis.pexpire(self.lock_key, LOCK_TTL_MS)  # long loads keep the lock alive

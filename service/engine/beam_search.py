@@ -58,7 +58,7 @@ async def sid_beam_search(
                 if not 0 <= code < size:
                     result.off_level_tokens += 1
                     continue
-                candidates.append(Beam(beam.codes + (code,), beam.score + opt.logprob))
+                candidates.append(Beam((*beam.codes, code), beam.score + opt.logprob))
         # Deterministic order: score, then codes ascending (the reference search breaks ties the same way).
         candidates.sort(key=lambda c: (-c.score, c.codes))
         beams = candidates[:beam_width]

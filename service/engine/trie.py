@@ -126,6 +126,20 @@ class TrieMasker:
         self.offsets = tuple(int(o) for o in token_offsets)
         self.ptr = [torch.from_numpy(p).to(device) for p in trie.ptr]
         self.key = [torch.from_numpy(k).to(device) for k in trie.key]
+        # One flat CSR over all depths (plus a last "finished" node whose only child is eos), so ``mask``
+        # finds every row's allowed tokens with one gather, whatever mix of depths the batch holds.
+        length = trie.sid_length
+        node_counts = [p.size - 1 for p in trie.ptr]
+        child_base = np.concatenate(([0], np.cumsum([k.size for k in trie.key])))
+        flat_ptr = [trie.ptr[d][:-1] + child_base[d] for d in range(length)]
+        total = int(child_base[-1])
+        flat_ptr.append(np.array([total, total + 1], dtype=np.int64))
+        flat_tok = [(trie.key[d] % trie.codebook_sizes[d] + self.offsets[d]).astype(np.int32) for d in range(length)]
+        flat_tok.append(np.array([self.eos_id], dtype=np.int32))
+        self.node_base = torch.from_numpy(np.concatenate(([0], np.cumsum(node_counts)[:-1])).astype(np.int64)).to(device)
+        self.finished_node = int(sum(node_counts))
+        self.flat_ptr = torch.from_numpy(np.concatenate(flat_ptr).astype(np.int64)).to(device)
+        self.flat_tok = torch.from_numpy(np.concatenate(flat_tok)).to(device)
 
     def allowed_tokens(self, depth: int, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat (row position, token id) pairs of the allowed SID tokens of each node at ``depth``."""
@@ -140,21 +154,28 @@ class TrieMasker:
         return rows, codes + self.offsets[depth]
 
     def mask(self, logits: torch.Tensor, rows: torch.Tensor, depths: torch.Tensor, nodes: torch.Tensor) -> None:
-        """In place: for each listed row of ``logits``, set every disallowed token to -inf."""
+        """In place: for each listed (distinct) row of ``logits``, set every disallowed token to -inf.
+
+        Gathers the allowed (row, token) logits (at most K_d per row), fills the rows with -inf and scatters
+        them back: the work is O(rows x vocab) for the fill plus O(allowed pairs), with no [rows, vocab] mask.
+        """
         if rows.numel() == 0:
             return
-        keep = torch.zeros((rows.numel(), logits.shape[1]), dtype=torch.bool, device=logits.device)
-        finished = (depths >= self.trie.sid_length) | (nodes < 0)
-        keep[finished, self.eos_id] = True
-        for d in range(self.trie.sid_length):
-            at_d = torch.nonzero((depths == d) & ~finished).flatten()
-            if at_d.numel() == 0:
-                continue
-            pos, tokens = self.allowed_tokens(d, nodes[at_d])
-            keep[at_d[pos], tokens] = True
-        sub = logits[rows]
-        sub.masked_fill_(~keep, float("-inf"))
-        logits[rows] = sub
+        length = self.trie.sid_length
+        finished = (depths >= length) | (nodes < 0)
+        flat = torch.where(finished, self.finished_node, self.node_base[depths.clamp(max=length - 1)] + nodes)
+        start = self.flat_ptr[flat]
+        counts = self.flat_ptr[flat + 1] - start
+        shift = start - (torch.cumsum(counts, 0) - counts)  # flat child index = position in output + shift
+        at = torch.repeat_interleave(rows, counts)
+        tokens = self.flat_tok[torch.arange(at.numel(), device=self.device) + torch.repeat_interleave(shift, counts)]
+        tokens = tokens.long()
+        kept = logits[at, tokens]
+        if rows.numel() == logits.shape[0]:  # distinct rows covering the batch: every row is constrained
+            logits.fill_(float("-inf"))
+        else:
+            logits.index_fill_(0, rows, float("-inf"))
+        logits[at, tokens] = kept
 
     # ------------------------------------------------------------------ sync-free variants (Model Runner V2)
     # ``mask`` above selects rows with nonzero / repeat_interleave, which wait on the GPU. The two methods below

@@ -11,13 +11,45 @@ from pipeline.validate import check_version
 
 def test_tiny_build(tmp_path: Path) -> None:
     out = tmp_path / "ml100k" / "7"
-    main(["build", "--dataset", "ml100k", "--out", str(out), "--max-items", "30", "--codebook", "4", "4",
-          "--hidden", "64", "--layers", "1", "--epochs", "0.3", "--max-next-per-user", "3",
-          "--eval-next-users", "10", "--eval-search-items", "5", "--eval-personalised-users", "5",
-          "--eval-random-init", "3", "--eval-invalid", "4", "--threads", "1"])
+    main(
+        [
+            "build",
+            "--dataset",
+            "ml100k",
+            "--out",
+            str(out),
+            "--max-items",
+            "30",
+            "--codebook",
+            "4",
+            "4",
+            "--hidden",
+            "64",
+            "--layers",
+            "1",
+            "--epochs",
+            "0.3",
+            "--max-next-per-user",
+            "3",
+            "--eval-next-users",
+            "10",
+            "--eval-search-items",
+            "5",
+            "--eval-personalised-users",
+            "5",
+            "--eval-random-init",
+            "3",
+            "--eval-invalid",
+            "4",
+            "--threads",
+            "1",
+        ]
+    )
     m = check_version(out)
     assert m["model"] == "ml100k" and m["version"] == "7" and m["item_count"] == 30
     assert m["sid"]["length"] == 3 and m["sid"]["codebook_sizes"][:2] == [4, 4]
     report = json.loads((out / "eval.json").read_text())
-    assert {"next_item", "search", "personalised_search", "invalid_sid_share_without_trie"} <= set(report["metrics"])
+    assert {"next_item", "search", "personalised_search", "invalid_sid_share_without_trie"} <= set(
+        report["metrics"]
+    )
     assert report["sid"]["collisions_resolved"] >= 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,8 +42,9 @@ def test_only_valid_sorted_and_scored(setup) -> None:
     offsets = m["sid"]["token_offsets"]
     item_sid = {str(i + 1): tuple(s) for i, s in enumerate(sids.tolist())}
     for hist, query in (([], None), (["1", "2", "999"], None), (["5"], "zz kalo")):
-        prompt = assemble_prompt(hist, query, item_to_sid=item_sid, encode=lambda s: [3] * len(s.split()),
-                                 token_offsets=offsets)
+        prompt = assemble_prompt(
+            hist, query, item_to_sid=item_sid, encode=lambda s: [3] * len(s.split()), token_offsets=offsets
+        )
         res = constrained_beam_search(model, prompt, 4, offsets, valid, 20)
         assert len(res) == 20 and all(codes in valid and len(codes) == 4 for codes, _ in res)
         assert res == sorted(res, key=lambda x: (-x[1], x[0]))
@@ -56,8 +56,15 @@ def test_only_valid_sorted_and_scored(setup) -> None:
 
 def test_prompt_assembly() -> None:
     sid = {"a": (0, 1), "b": (2, 3)}
-    ids = assemble_prompt(["a", "x", "b"], "hello world", item_to_sid=sid, encode=lambda s: [100, 101, 102],
-                          token_offsets=[7, 11], max_query_tokens=2)
+    ids = assemble_prompt(
+        ["a", "x", "b"],
+        "hello world",
+        item_to_sid=sid,
+        encode=lambda s: [100, 101, 102],
+        token_offsets=[7, 11],
+        max_query_tokens=2,
+    )
     assert ids == [1, 4, 7, 12, 9, 14, 5, 100, 101, 6]
-    assert assemble_prompt(["a", "b"], None, item_to_sid=sid, encode=lambda s: [], token_offsets=[7, 11],
-                           max_history_items=1) == [1, 4, 9, 14, 5, 6]
+    assert assemble_prompt(
+        ["a", "b"], None, item_to_sid=sid, encode=lambda s: [], token_offsets=[7, 11], max_history_items=1
+    ) == [1, 4, 9, 14, 5, 6]

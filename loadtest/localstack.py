@@ -1,0 +1,98 @@
+"""A private redis-server plus one gateway process on loopback ports, for the benchmarks (like service.stack)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Running:
+    base: str
+    gateway: subprocess.Popen[bytes]
+    redis: subprocess.Popen[bytes]
+    log: Path
+
+    def rss_mb(self) -> dict[str, float]:
+        """RSS of the gateway, each of its descendants (vLLM engine core / workers) and redis-server, in MiB."""
+        out: dict[str, float] = {}
+        try:
+            gw = psutil.Process(self.gateway.pid)
+            out[f"gateway[{gw.pid}]"] = round(gw.memory_info().rss / 2**20, 1)
+            for child in gw.children(recursive=True):
+                name = " ".join(child.cmdline()[:1]) or child.name()
+                out[f"{Path(name).name}[{child.pid}]"] = round(child.memory_info().rss / 2**20, 1)
+            out[f"redis[{self.redis.pid}]"] = round(psutil.Process(self.redis.pid).memory_info().rss / 2**20, 1)
+        except psutil.Error:
+            pass
+        return out
+
+    def engine_pids(self) -> list[int]:
+        try:
+            return [c.pid for c in psutil.Process(self.gateway.pid).children(recursive=True)]
+        except psutil.Error:
+            return []
+
+
+@contextmanager
+def local_stack(env: dict[str, str], ready_timeout: float = 600.0, log_dir: Path | None = None) -> Iterator[Running]:
+    """Start redis-server and ``python -m service`` with ``env`` (GR_* settings) on free loopback ports."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found on PATH")
+    workdir = Path(tempfile.mkdtemp(prefix="gr-load-"))
+    rport, port = free_port(), free_port()
+    redis = subprocess.Popen([binary, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                              "--dir", str(workdir), "--loglevel", "warning"], stdout=subprocess.DEVNULL)
+    log = (log_dir or workdir) / f"gateway-{port}.log"
+    full_env = dict(os.environ, GR_REDIS_URL=f"redis://127.0.0.1:{rport}/0", PYTHONUNBUFFERED="1", **env)
+    with open(log, "wb") as out:
+        gateway = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+                                   cwd=REPO_ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if gateway.poll() is not None:
+                raise RuntimeError(f"gateway exited with {gateway.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gateway not ready in {ready_timeout}s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield Running(base, gateway, redis, log)
+    finally:
+        if gateway.poll() is None:
+            gateway.send_signal(signal.SIGINT)
+            try:
+                gateway.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+        redis.terminate()
+        redis.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)

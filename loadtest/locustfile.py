@@ -1,0 +1,59 @@
+"""Locust load for POST /retrieve: the served model version's held-out requests, not one repeated query.
+
+Each simulated user sends about ``GR_LOAD_USER_RPS`` requests per second (``constant_throughput``), so a stage's
+offered load is roughly users x that rate until the service saturates (then users wait for answers). Every
+request has ``top_k`` 10; ``GR_LOAD_WIDE_SHARE`` of them (10% by default) ask for ``beam_width`` 40, the rest use
+the service's default width.
+
+Request bodies come from ``GR_LOAD_QUERIES`` (a JSON list written by ``run_load.py``), or else from the model
+version that the ``GR_MODEL_*`` settings name (``eval/queries.jsonl``).
+
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 --headless -u 20 -r 20 -t 60s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from locust import FastHttpUser, constant_throughput, task
+
+TOP_K = 10
+WIDE_BEAM = 40
+
+
+def _bodies() -> list[dict[str, object]]:
+    path = os.environ.get("GR_LOAD_QUERIES")
+    if path:
+        return list(json.loads(Path(path).read_text()))
+    from loadtest.queries import load_queries, served_version
+
+    return load_queries(served_version(), 1000)
+
+
+BODIES = _bodies()
+WIDE_SHARE = float(os.environ.get("GR_LOAD_WIDE_SHARE", "0.1"))
+USER_RPS = float(os.environ.get("GR_LOAD_USER_RPS", "1.0"))
+
+
+class RetrieveUser(FastHttpUser):
+    wait_time = constant_throughput(USER_RPS)
+
+    def on_start(self) -> None:
+        self.rng = random.Random()
+
+    @task
+    def retrieve(self) -> None:
+        body = dict(self.rng.choice(BODIES))
+        body["top_k"] = TOP_K
+        name = "/retrieve"
+        if self.rng.random() < WIDE_SHARE:
+            body["beam_width"] = WIDE_BEAM
+            name = "/retrieve [beam 40]"
+        with self.client.post("/retrieve", json=body, name=name, catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
+            elif len(r.json().get("items", [])) == 0:
+                r.failure("no items")
