@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
 from service.api.errors import install_error_handlers
+from service.api.middleware import RetrieveMetrics
 from service.api.routes import router
 from service.catalog.repo import ModelVersion, load_version, resolve_version_dir
 from service.catalog.store import CatalogStore, connect
@@ -77,5 +78,6 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory =
         default_response_class=ORJSONResponse,
     )
     install_error_handlers(app)
+    app.add_middleware(RetrieveMetrics)
     app.include_router(router)
     return app

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.errors import ServiceError
 from service.api.schemas import ErrorResponse, ReadyResponse, RetrieveRequest, RetrieveResponse
 from service.deps import Services, get_services
 
@@ -23,22 +21,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 @router.post("/retrieve", response_model=RetrieveResponse, responses=_ERRORS)
 async def retrieve(body: RetrieveRequest, services: ServicesDep) -> RetrieveResponse:
-    m = services.metrics
-    m.in_flight.inc()
-    t0 = time.perf_counter()
-    status, outcome = 200, "ok"
-    try:
-        return await services.retriever.retrieve(body)
-    except ServiceError as e:
-        status, outcome = e.status, e.code
-        raise
-    except Exception:
-        status, outcome = 500, "internal_error"
-        raise
-    finally:
-        m.in_flight.dec()
-        m.request_latency.observe(time.perf_counter() - t0)
-        m.requests.labels(outcome, str(status)).inc()
+    # latency, in-flight and outcome are recorded by service.api.middleware.RetrieveMetrics
+    return await services.retriever.retrieve(body)
 
 
 @router.get("/healthz")

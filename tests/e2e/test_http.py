@@ -79,6 +79,8 @@ def test_non_json_body(gateway: Gateway) -> None:
 def test_metrics_are_parseable_and_count_requests(gateway: Gateway) -> None:
     with gateway.client() as c:
         c.post("/retrieve", json={"query": "kalo"})
+        c.post("/retrieve", json={"query": "kalo", "top_k": 0})  # rejected by the retriever
+        c.post("/retrieve", json={"query": 5})  # rejected by body validation, before the route runs
         text = c.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name in ("gr_request_latency_seconds", "gr_stage_latency_seconds", "gr_requests", "gr_requests_in_flight",
@@ -87,6 +89,9 @@ def test_metrics_are_parseable_and_count_requests(gateway: Gateway) -> None:
     ok = [s for s in families["gr_requests"].samples
           if s.name == "gr_requests_total" and s.labels == {"outcome": "ok", "status": "200"}]
     assert ok and ok[0].value >= 1
+    rejected = [s for s in families["gr_requests"].samples
+                if s.name == "gr_requests_total" and s.labels == {"outcome": "invalid_request", "status": "422"}]
+    assert rejected and rejected[0].value >= 2
     invalid = [s for s in families["gr_invalid_sids"].samples if s.name == "gr_invalid_sids_total"]
     assert invalid[0].value == 0
     stages = {s.labels["stage"] for s in families["gr_stage_latency_seconds"].samples if "stage" in s.labels}
