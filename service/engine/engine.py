@@ -54,12 +54,18 @@ def _engine_args(settings: Settings, version: ModelVersion, processor: type) -> 
         logprobs_mode="processed_logprobs",
         logits_processors=[processor],
         enable_prefix_caching=True,
+        block_size=settings.block_size,
         enforce_eager=settings.enforce_eager,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         tensor_parallel_size=settings.tensor_parallel_size,
         data_parallel_size=settings.data_parallel_size,
         disable_log_stats=True,
     )
+
+
+def _tokens_input(prompt: list[int]) -> dict[str, Any]:
+    """vLLM's rendered ``TokensInput`` (what ``vllm.inputs.engine.tokens_input`` builds), without importing vLLM."""
+    return {"type": "token", "prompt_token_ids": prompt}
 
 
 class SidEngine:
@@ -69,6 +75,23 @@ class SidEngine:
         self._llm: Any = llm
         self.version = version
         self._ids = itertools.count()
+        self._params: dict[int, Any] = {}  # top-k -> one shared SamplingParams (vLLM shallow-copies it)
+
+    def _logprob_params(self, k: int) -> Any:
+        params = self._params.get(k)
+        if params is None:
+            from vllm import SamplingParams
+
+            params = self._params[k] = SamplingParams(
+                max_tokens=1,
+                temperature=0.0,
+                logprobs=k,
+                detokenize=False,
+                flat_logprobs=True,
+                skip_special_tokens=False,
+                skip_clone=True,  # shared by all requests: a shallow copy per request instead of a deepcopy
+            )
+        return params
 
     @classmethod
     def start(cls, settings: Settings, version: ModelVersion) -> SidEngine:
@@ -90,20 +113,11 @@ class SidEngine:
 
         Tokens the trie masks have -inf and are dropped, so fewer than ``k`` may come back.
         """
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        params = SamplingParams(
-            max_tokens=1,
-            temperature=0.0,
-            logprobs=k,
-            detokenize=False,
-            flat_logprobs=True,
-            skip_special_tokens=False,
-        )
         final = None
-        async for out in self._llm.generate(  # type: ignore[attr-defined]
-            TokensPrompt(prompt_token_ids=prompt), params, request_id=f"gr-{next(self._ids)}"
+        # A rendered token input ({"type": "token", ...}) is queued directly; a raw TokensPrompt takes a round
+        # trip through vLLM's renderer thread pool on every request (PERFORMANCE.md).
+        async for out in self._llm.generate(
+            _tokens_input(prompt), self._logprob_params(k), request_id=f"gr-{next(self._ids)}"
         ):
             final = out
         if final is None or not final.outputs or final.outputs[0].logprobs is None:
