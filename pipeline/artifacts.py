@@ -74,7 +74,7 @@ def new_model(
     kv_heads = kv_heads or max(1, heads // 2)
     if hidden % heads or heads % kv_heads:
         raise ValueError(f"hidden={hidden}, heads={heads}, kv_heads={kv_heads} do not divide")
-    cfg = Qwen2Config(
+    cfg = Qwen2Config(  # type: ignore[call-arg]  # transformers 5 stubs omit rope_theta
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=4 * hidden,
@@ -91,7 +91,7 @@ def new_model(
     )
     cfg.dtype = "float32"
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(cfg).to(torch.float32)
+    model = Qwen2ForCausalLM(cfg).to(torch.float32)  # type: ignore[arg-type]  # stub types .to oddly
     model.eval()
     return model
 
@@ -163,8 +163,7 @@ def write_version(
     codebook_sizes = [int(s) for s in codebook_sizes]
     sids = np.ascontiguousarray(sids, dtype=np.int32)
     items = [
-        {"item_id": str(it["item_id"]), "title": str(it["title"]), "category": str(it["category"])}
-        for it in items
+        {"item_id": str(it["item_id"]), "title": str(it["title"]), "category": str(it["category"])} for it in items
     ]
     _check_catalog(items, sids, codebook_sizes)
 
@@ -224,7 +223,7 @@ def _write_hf(hf: Path, model: Qwen2ForCausalLM, tok: Tokenizer) -> None:
     model.generation_config.bos_token_id = SPECIAL_IDS["bos"]
     model.generation_config.eos_token_id = SPECIAL_IDS["eos"]
     model.generation_config.pad_token_id = SPECIAL_IDS["pad"]
-    model.to(torch.float32).save_pretrained(hf, safe_serialization=True)
+    model.to(torch.float32).save_pretrained(hf, safe_serialization=True)  # type: ignore[arg-type]
     tok.save(str(hf / "tokenizer.json"))
     names = {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>"}
     _write_json(hf / "special_tokens_map.json", names)

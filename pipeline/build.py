@@ -8,6 +8,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,8 +95,7 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
         eval_personalised_users=cfg.eval_personalised_users,
     )
     examples = [
-        D.encode_example(r, prompt_fn, sid_to_token_ids(item_sid[r.target], offsets), EOS)
-        for r in splits.train
+        D.encode_example(r, prompt_fn, sid_to_token_ids(item_sid[r.target], offsets), EOS) for r in splits.train
     ]
     stages["training_data"] = round(time.time() - t, 1)
     _log(
@@ -115,7 +115,7 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
     t = time.time()
     _log(f"[4/5] offline evaluation (constrained beam search, width {cfg.beam_width})")
     valid = build_valid_prefixes(sids)
-    common = dict(
+    common: dict[str, Any] = dict(
         prompt_fn=prompt_fn,
         sid_to_item=sid_item,
         valid_prefixes=valid,
@@ -219,9 +219,7 @@ def print_summary(report: dict, stages: dict[str, float]) -> None:
                 )
             )
     for who, v in report["metrics"]["invalid_sid_share_without_trie"].items():
-        rows.append(
-            (f"invalid SIDs w/o trie, {who}", f"top1 {v['top1_invalid']:.1%}  top10 {v['top10_invalid']:.1%}")
-        )
+        rows.append((f"invalid SIDs w/o trie, {who}", f"top1 {v['top1_invalid']:.1%}  top10 {v['top10_invalid']:.1%}"))
     rows += [(f"seconds: {k}", f"{v:.1f}") for k, v in stages.items()]
     rows.append(("seconds: total", f"{sum(stages.values()):.1f}"))
     w = max(len(a) for a, _ in rows)

@@ -38,9 +38,7 @@ def eval_model(
 ) -> dict[str, float]:
     ranked, t0, last = [], time.time(), time.time()
     for n, req in enumerate(requests, 1):
-        beams = constrained_beam_search(
-            model, prompt_fn(req), sid_length, token_offsets, valid_prefixes, beam_width
-        )
+        beams = constrained_beam_search(model, prompt_fn(req), sid_length, token_offsets, valid_prefixes, beam_width)
         ranked.append([sid_to_item[c] for c, _ in beams])
         if time.time() - last > 15:
             last = time.time()

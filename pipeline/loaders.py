@@ -43,9 +43,7 @@ class ML100kLoader:
                 rec = dict(zip(header, r, strict=False))
                 year = rec.get("release_year", "").strip()
                 title = rec["movie_title"].strip() + (f" ({year})" if year else "")
-                items.append(
-                    {"item_id": rec["item_id"], "title": title, "category": rec.get("class", "").strip()}
-                )
+                items.append({"item_id": rec["item_id"], "title": title, "category": rec.get("class", "").strip()})
         inter = []
         with (root / "ml-100k.inter").open(encoding="utf-8") as f:
             rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)

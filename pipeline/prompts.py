@@ -8,9 +8,7 @@ from pipeline.tokens import BOS, HISTORY, QUERY, SID
 
 MAX_HISTORY_ITEMS = 20
 MAX_QUERY_TOKENS = 32
-PROMPT_TEMPLATE = (
-    "<bos> <history> {SID tokens of each history item, oldest first} <query> {query word tokens} <sid>"
-)
+PROMPT_TEMPLATE = "<bos> <history> {SID tokens of each history item, oldest first} <query> {query word tokens} <sid>"
 
 
 def assemble_prompt(

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ def _batches(lengths: Sequence[int], cfg: TrainConfig, gen: torch.Generator) -> 
 
 
 def train(
-    model: torch.nn.Module,
+    model: Any,  # a transformers causal LM (uses .model and .lm_head)
     examples: Sequence[tuple[list[int], int]],
     cfg: TrainConfig,
     log: Callable[[str], None] = print,

@@ -23,9 +23,7 @@ def check_version(path: str | Path) -> dict:
     for rel, digest in m["files"].items():
         if hashlib.sha256((root / rel).read_bytes()).hexdigest() != digest:
             raise ValueError(f"sha256 mismatch: {rel}")
-    cat = hashlib.sha256(
-        (root / "catalog/sids.npy").read_bytes() + (root / "catalog/items.jsonl").read_bytes()
-    )
+    cat = hashlib.sha256((root / "catalog/sids.npy").read_bytes() + (root / "catalog/items.jsonl").read_bytes())
     if m["catalog_version"] != cat.hexdigest()[:16]:
         raise ValueError("catalog_version")
     sid = m["sid"]

@@ -45,11 +45,20 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         version = load_version(resolve_version_dir(settings.model_repo, settings.model_name, settings.model_version))
-        log.info("serving %s/%s (catalog %s, %d items)", version.model, version.version,
-                 version.catalog_version, version.item_count)
+        log.info(
+            "serving %s/%s (catalog %s, %d items)",
+            version.model,
+            version.version,
+            version.catalog_version,
+            version.item_count,
+        )
         metrics = Metrics.create()
-        redis = connect(settings.redis_url, cluster=settings.redis_cluster,
-                        timeout_s=settings.redis_timeout_s, pool_size=settings.redis_pool_size)
+        redis = connect(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            timeout_s=settings.redis_timeout_s,
+            pool_size=settings.redis_pool_size,
+        )
         store = CatalogStore(redis, version.model, version.catalog_version)
         engine = engine_factory(settings, version)
         watcher: asyncio.Task[None] | None = None
@@ -59,9 +68,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory =
             readiness = Readiness(version, store, engine, metrics, timeout_s=settings.redis_timeout_s)
             app.state.services = Services(settings, version, metrics, store, retriever, readiness)
             await _warm_up(retriever, settings.engine_warmup_queries)
-            watcher = asyncio.create_task(
-                readiness.watch(settings.catalog_watch_interval_s, settings.catalog_autoload)
-            )
+            watcher = asyncio.create_task(readiness.watch(settings.catalog_watch_interval_s, settings.catalog_autoload))
             yield
         finally:
             if watcher is not None:

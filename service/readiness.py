@@ -56,8 +56,12 @@ class Readiness:
             stats = await self.store.load(self.version)
             if stats.loaded:
                 self.metrics.catalog_loads.inc()
-                log.info("loaded catalog %s into Redis: %d items in %.2fs",
-                         self.version.catalog_version, stats.items, stats.seconds)
+                log.info(
+                    "loaded catalog %s into Redis: %d items in %.2fs",
+                    self.version.catalog_version,
+                    stats.items,
+                    stats.seconds,
+                )
 
     async def watch(self, interval_s: float, autoload: bool) -> None:
         """Background task: keep the readiness gauge current and reload a missing catalog."""

@@ -106,10 +106,27 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        redis_proc = stack.start("redis", [
-            redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(workdir), "--maxmemory-policy", "noeviction", "--loglevel", "warning",
-        ], env)
+        redis_proc = stack.start(
+            "redis",
+            [
+                redis_bin,
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                "--maxmemory-policy",
+                "noeviction",
+                "--loglevel",
+                "warning",
+            ],
+            env,
+        )
         _wait_redis(redis_port, redis_proc)
         loader = subprocess.run([sys.executable, "-m", "service.catalog.load"], env=env)
         if loader.returncode != 0:
@@ -133,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
         status, body = _http(f"{base}/retrieve", {"query": "star wars", "top_k": 5})
         print(f"[stack] ready at {base}  (Prometheus metrics: {base}/metrics)", flush=True)
-        print(f"[stack] POST /retrieve {{\"query\": \"star wars\", \"top_k\": 5}} -> {status}", flush=True)
+        print(f'[stack] POST /retrieve {{"query": "star wars", "top_k": 5}} -> {status}', flush=True)
         print(f"[stack] response: {json.dumps(body)}", flush=True)
         if args.exit_after_ready:
             return 0 if status == 200 else 1

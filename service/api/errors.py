@@ -37,9 +37,7 @@ class Timeout(ServiceError):
     status, code = 504, "timeout"
 
 
-def error_response(
-    request: Request, status: int, code: str, message: str, field: str | None = None
-) -> ORJSONResponse:
+def error_response(request: Request, status: int, code: str, message: str, field: str | None = None) -> ORJSONResponse:
     setattr(request.state, ERROR_CODE_KEY, code)  # for the request metrics (outcome label)
     body = ErrorResponse(error=ErrorBody(code=code, message=message, field=field))
     return ORJSONResponse(body.model_dump(), status_code=status)

@@ -14,9 +14,7 @@ from service.deps import Services, get_services
 router = APIRouter()
 ServicesDep = Annotated[Services, Depends(get_services)]
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (422, 500, 503, 504)
-}
+_ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorResponse} for code in (422, 500, 503, 504)}
 
 
 @router.post("/retrieve", response_model=RetrieveResponse, responses=_ERRORS)

@@ -19,14 +19,17 @@ from service.settings import Settings
 
 async def run(settings: Settings, force: bool) -> int:
     version = load_version(resolve_version_dir(settings.model_repo, settings.model_name, settings.model_version))
-    redis = connect(settings.redis_url, cluster=settings.redis_cluster, timeout_s=max(settings.redis_timeout_s, 30.0),
-                    pool_size=4)
+    redis = connect(
+        settings.redis_url, cluster=settings.redis_cluster, timeout_s=max(settings.redis_timeout_s, 30.0), pool_size=4
+    )
     try:
         store = CatalogStore(redis, version.model, version.catalog_version)
         stats = await store.load(version, force=force)
         verb = "loaded" if stats.loaded else "already live:"
-        print(f"{verb} {version.model}/{version.version} catalog {version.catalog_version}: "
-              f"{stats.items} items in {stats.seconds:.2f}s -> {settings.redis_url}")
+        print(
+            f"{verb} {version.model}/{version.version} catalog {version.catalog_version}: "
+            f"{stats.items} items in {stats.seconds:.2f}s -> {settings.redis_url}"
+        )
         return 0
     finally:
         await redis.aclose()

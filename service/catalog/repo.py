@@ -165,9 +165,7 @@ def _parse_manifest(root: Path) -> ModelVersion:
 def _verify_files(mv: ModelVersion) -> None:
     files = _require(mv.manifest, "files", dict, "")
     listed = set(files)
-    present = {
-        str(p.relative_to(mv.root)) for p in mv.root.rglob("*") if p.is_file() and p.name != "manifest.json"
-    }
+    present = {str(p.relative_to(mv.root)) for p in mv.root.rglob("*") if p.is_file() and p.name != "manifest.json"}
     if unlisted := sorted(present - listed):
         raise RepoError(f"{mv.root}: files not listed in manifest.json: {', '.join(unlisted[:5])}")
     for rel, digest in sorted(files.items()):

@@ -133,6 +133,4 @@ class CatalogStore:
 def connect(url: str, *, cluster: bool, timeout_s: float, pool_size: int) -> AnyRedis:
     if cluster:
         return RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    return Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, max_connections=pool_size
-    )
+    return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, max_connections=pool_size)

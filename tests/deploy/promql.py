@@ -11,8 +11,20 @@ from __future__ import annotations
 import re
 
 KEYWORDS = {
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "bool", "offset", "inf", "nan", "atan2",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
 }
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _MATCHERS = re.compile(r"\{([^{}]*)\}")
@@ -48,7 +60,7 @@ def metric_selectors(expr: str) -> list[tuple[str, set[str]]]:
         name = m.group(1)
         if name.lower() in KEYWORDS:
             continue
-        rest = text[m.end():]
+        rest = text[m.end() :]
         sel = re.match(r"\s*@(\d+)@", rest)
         out.append((name, matchers[int(sel.group(1))] if sel else set()))
     return out

@@ -70,9 +70,10 @@ def _exported() -> tuple[set[str], dict[str, set[str]]]:
             continue
         names = set(getattr(obj, "_labelnames", ()))
         for s in series:
-            if s == name or s.startswith(name + "_") and s.removeprefix(name + "_") in {
-                "total", "created", "bucket", "count", "sum"
-            }:
+            if s == name or (
+                s.startswith(name + "_")
+                and s.removeprefix(name + "_") in {"total", "created", "bucket", "count", "sum"}
+            ):
                 labels.setdefault(s, set()).update(names)
     return series, labels
 
@@ -109,8 +110,13 @@ def _settings_env_names() -> set[str]:
 def test_exported_metric_set_is_what_the_deploy_files_expect():
     # Guards the helper itself: a parsing slip would make every other check vacuous.
     for name in (
-        "gr_request_latency_seconds_bucket", "gr_stage_latency_seconds_bucket", "gr_requests_total",
-        "gr_requests_in_flight", "gr_invalid_sids_total", "gr_ready", "gr_beam_width_bucket",
+        "gr_request_latency_seconds_bucket",
+        "gr_stage_latency_seconds_bucket",
+        "gr_requests_total",
+        "gr_requests_in_flight",
+        "gr_invalid_sids_total",
+        "gr_ready",
+        "gr_beam_width_bucket",
     ):
         assert name in EXPORTED
     assert LABELS["gr_stage_latency_seconds_bucket"] == {"stage"}
@@ -144,16 +150,21 @@ def test_dashboard_queries_use_only_exported_metrics():
     for title, expr in _targets(dash):
         problems += _check_expr(expr, f"dashboard panel {title!r}")
     for var in dash.get("templating", {}).get("list", []):
-        problems += _check_expr(var["definition"].replace("label_values(", "(").split(",")[0] + ")",
-                                f"dashboard variable {var['name']}")
+        problems += _check_expr(
+            var["definition"].replace("label_values(", "(").split(",")[0] + ")", f"dashboard variable {var['name']}"
+        )
     assert not problems, "\n".join(problems)
 
 
 def test_dashboard_covers_required_panels():
     exprs = " ".join(e for _, e in _targets(_dashboard()))
     for needed in (
-        "gr_requests_total", "gr_request_latency_seconds_bucket", "gr_stage_latency_seconds_bucket",
-        "gr_requests_in_flight", "gr_invalid_sids_total", "gr_beam_width",
+        "gr_requests_total",
+        "gr_request_latency_seconds_bucket",
+        "gr_stage_latency_seconds_bucket",
+        "gr_requests_in_flight",
+        "gr_invalid_sids_total",
+        "gr_beam_width",
     ):
         assert needed in exprs, f"no dashboard panel queries {needed}"
     for q in ("0.5", "0.95", "0.99"):
@@ -262,7 +273,9 @@ def test_compose_depends_on_is_consistent():
 
 def test_compose_gateways():
     services = _compose()["services"]
-    gateways = {n: s for n, s in services.items() if "gateway" in s.get("networks", {}).get("default", {}).get("aliases", [])}
+    gateways = {
+        n: s for n, s in services.items() if "gateway" in s.get("networks", {}).get("default", {}).get("aliases", [])
+    }
     by_profile = {p: n for n, s in gateways.items() for p in s.get("profiles", [])}
     assert set(by_profile) == {"gpu", "cpu"}, by_profile
     for profile, name in by_profile.items():
@@ -386,7 +399,9 @@ def test_configmap_keys_are_settings():
                 assert key in known, f"ConfigMap {cm['metadata']['name']}: {key} is not a Settings field"
     # ... and the pods get them.
     dep = _workload("Deployment", "gr-serve")
-    refs = [e["configMapRef"]["name"] for c in dep["spec"]["template"]["spec"]["containers"] for e in c.get("envFrom", [])]
+    refs = [
+        e["configMapRef"]["name"] for c in dep["spec"]["template"]["spec"]["containers"] for e in c.get("envFrom", [])
+    ]
     assert refs and all(r in {cm["metadata"]["name"] for cm in cms} for r in refs)
 
 

@@ -41,7 +41,11 @@ def tool(name: str) -> str:
 
 def run(*argv: str, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(
-        argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+        argv,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, **(env or {})},
     )
     out = proc.stdout + proc.stderr

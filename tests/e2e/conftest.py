@@ -44,12 +44,23 @@ def start_gateway(repo: Path, model: str, redis: RedisServer, workdir: Path, **e
     port = free_port()
     log = workdir / f"gateway-{port}.log"
     full_env = dict(
-        os.environ, GR_MODEL_REPO=str(repo), GR_MODEL_NAME=model, GR_REDIS_URL=redis.url,
-        GR_CATALOG_WATCH_INTERVAL_S="0.5", GR_ENGINE_WARMUP_QUERIES="1", GR_MAX_NUM_SEQS="128", **env,
+        os.environ,
+        GR_MODEL_REPO=str(repo),
+        GR_MODEL_NAME=model,
+        GR_REDIS_URL=redis.url,
+        GR_CATALOG_WATCH_INTERVAL_S="0.5",
+        GR_ENGINE_WARMUP_QUERIES="1",
+        GR_MAX_NUM_SEQS="128",
+        **env,
     )
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=REPO_ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, proc, log)

@@ -28,8 +28,7 @@ def test_retrieve_returns_distinct_catalog_items_best_first(gateway: Gateway) ->
 
 def test_history_debug_and_ignored_items(gateway: Gateway) -> None:
     with gateway.client() as c:
-        r = c.post("/retrieve", json={"history": ["3", 17, "delisted-9"], "top_k": 3, "beam_width": 5,
-                                      "debug": True})
+        r = c.post("/retrieve", json={"history": ["3", 17, "delisted-9"], "top_k": 3, "beam_width": 5, "debug": True})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["ignored_history"] == ["delisted-9"]
@@ -83,14 +82,28 @@ def test_metrics_are_parseable_and_count_requests(gateway: Gateway) -> None:
         c.post("/retrieve", json={"query": 5})  # rejected by body validation, before the route runs
         text = c.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    for name in ("gr_request_latency_seconds", "gr_stage_latency_seconds", "gr_requests", "gr_requests_in_flight",
-                 "gr_invalid_sids", "gr_beam_width", "gr_top_k", "gr_ready"):
+    for name in (
+        "gr_request_latency_seconds",
+        "gr_stage_latency_seconds",
+        "gr_requests",
+        "gr_requests_in_flight",
+        "gr_invalid_sids",
+        "gr_beam_width",
+        "gr_top_k",
+        "gr_ready",
+    ):
         assert name in families, name
-    ok = [s for s in families["gr_requests"].samples
-          if s.name == "gr_requests_total" and s.labels == {"outcome": "ok", "status": "200"}]
+    ok = [
+        s
+        for s in families["gr_requests"].samples
+        if s.name == "gr_requests_total" and s.labels == {"outcome": "ok", "status": "200"}
+    ]
     assert ok and ok[0].value >= 1
-    rejected = [s for s in families["gr_requests"].samples
-                if s.name == "gr_requests_total" and s.labels == {"outcome": "invalid_request", "status": "422"}]
+    rejected = [
+        s
+        for s in families["gr_requests"].samples
+        if s.name == "gr_requests_total" and s.labels == {"outcome": "invalid_request", "status": "422"}
+    ]
     assert rejected and rejected[0].value >= 2
     invalid = [s for s in families["gr_invalid_sids"].samples if s.name == "gr_invalid_sids_total"]
     assert invalid[0].value == 0

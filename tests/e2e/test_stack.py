@@ -22,7 +22,10 @@ def test_default_model_version_is_valid() -> None:
 def test_stack_serves_the_default_model() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "service.stack", "--port", str(free_port()), "--exit-after-ready"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]

@@ -34,8 +34,14 @@ async def test_round_trip_every_item(redis: Redis, synthetic_version: ModelVersi
     assert items == v.item_ids
     assert hist[:-1] == sids and hist[-1] is None
     # a SID that is not in the catalog maps to nothing
-    missing = next((a, b, c, d) for a in range(8) for b in range(8) for c in range(8) for d in range(4)
-                   if (a, b, c, d) not in set(sids))
+    missing = next(
+        (a, b, c, d)
+        for a in range(8)
+        for b in range(8)
+        for c in range(8)
+        for d in range(4)
+        if (a, b, c, d) not in set(sids)
+    )
     assert (await store.lookup([missing], []))[0] == [None]
 
 

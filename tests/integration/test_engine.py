@@ -30,8 +30,11 @@ def prompts_for(v: ModelVersion, n: int) -> list[list[int]]:
     out = []
     for i in range(n):
         hist = [tuple(int(c) for c in v.sids[j]) for j in rng.integers(0, v.item_count, size=i % 4)]
-        out.append(builder.build(words[i % len(words)] if i % 3 else None, hist) if (hist or i % 3) else
-                   builder.build(words[i], []))
+        out.append(
+            builder.build(words[i % len(words)] if i % 3 else None, hist)
+            if (hist or i % 3)
+            else builder.build(words[i], [])
+        )
     return out
 
 
@@ -74,8 +77,9 @@ async def test_top_k_equals_reference_and_scores_match_recomputation(
             ref = constrained_beam_search(hf_model, prompt, v.sid.length, v.sid.token_offsets, valid_prefixes, 10)
         assert [b.codes for b in ours] == [codes for codes, _ in ref] or _only_near_ties(ours, ref)
         for beam in ours:
-            assert beam.score == pytest.approx(_sequence_logprob(hf_model, prompt, beam.codes, v, valid_prefixes),
-                                               abs=2e-3)
+            assert beam.score == pytest.approx(
+                _sequence_logprob(hf_model, prompt, beam.codes, v, valid_prefixes), abs=2e-3
+            )
 
 
 def _only_near_ties(ours: list, ref: list) -> bool:
@@ -86,8 +90,13 @@ def _only_near_ties(ours: list, ref: list) -> bool:
     return all(abs(b.score - ref_score[b.codes]) < 1e-3 for b in ours)
 
 
-def _sequence_logprob(model: torch.nn.Module, prompt: list[int], codes: tuple[int, ...], v: ModelVersion,
-                      valid_prefixes: set[tuple[int, ...]]) -> float:
+def _sequence_logprob(
+    model: torch.nn.Module,
+    prompt: list[int],
+    codes: tuple[int, ...],
+    v: ModelVersion,
+    valid_prefixes: set[tuple[int, ...]],
+) -> float:
     """Independent recomputation: one forward pass over prompt + SID, masked log-softmax per level."""
     ids = torch.tensor([prompt + v.sid.to_tokens(codes)])
     with torch.no_grad():
@@ -95,8 +104,11 @@ def _sequence_logprob(model: torch.nn.Module, prompt: list[int], codes: tuple[in
     total = 0.0
     for level in range(v.sid.length):
         row = logits[len(prompt) - 1 + level]
-        allowed = [v.sid.token_offsets[level] + c for c in range(v.sid.codebook_sizes[level])
-                   if codes[:level] + (c,) in valid_prefixes]
+        allowed = [
+            v.sid.token_offsets[level] + c
+            for c in range(v.sid.codebook_sizes[level])
+            if (*codes[:level], c) in valid_prefixes
+        ]
         lp = torch.log_softmax(row[allowed], dim=-1)
         total += float(lp[allowed.index(v.sid.token_offsets[level] + codes[level])])
     return total

@@ -32,16 +32,45 @@ def cluster_ports() -> Iterator[list[int]]:
             for port in ports:
                 node_dir = Path(d) / str(port)
                 node_dir.mkdir()
-                procs.append(subprocess.Popen(
-                    [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                     "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no",
-                     "--dir", str(node_dir), "--loglevel", "warning"],
-                    stdout=subprocess.DEVNULL,
-                ))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            binary,
+                            "--port",
+                            str(port),
+                            "--bind",
+                            "127.0.0.1",
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            "nodes.conf",
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--dir",
+                            str(node_dir),
+                            "--loglevel",
+                            "warning",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                    )
+                )
             for port in ports:
                 _wait(lambda p=port: redis.Redis(port=p).ping())
-            created = subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                                      "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True)
+            created = subprocess.run(
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *[f"127.0.0.1:{p}" for p in ports],
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+            )
             if created.returncode != 0:
                 raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout}{created.stderr}")
             _wait(lambda: all(redis.Redis(port=p).cluster("info")["cluster_state"] == "ok" for p in ports))

@@ -29,9 +29,7 @@ def test_manifest_and_hashes(version: Path) -> None:
     assert set(m["files"]) == on_disk - {"manifest.json"}
     for rel, digest in m["files"].items():
         assert hashlib.sha256((version / rel).read_bytes()).hexdigest() == digest
-    cat = hashlib.sha256(
-        (version / "catalog/sids.npy").read_bytes() + (version / "catalog/items.jsonl").read_bytes()
-    )
+    cat = hashlib.sha256((version / "catalog/sids.npy").read_bytes() + (version / "catalog/items.jsonl").read_bytes())
     assert m["catalog_version"] == cat.hexdigest()[:16]
     sids = np.load(version / "catalog/sids.npy")
     assert sids.dtype == np.int32 and sids.shape == (m["item_count"], 4)

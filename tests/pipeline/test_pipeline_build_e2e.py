@@ -49,7 +49,5 @@ def test_tiny_build(tmp_path: Path) -> None:
     assert m["model"] == "ml100k" and m["version"] == "7" and m["item_count"] == 30
     assert m["sid"]["length"] == 3 and m["sid"]["codebook_sizes"][:2] == [4, 4]
     report = json.loads((out / "eval.json").read_text())
-    assert {"next_item", "search", "personalised_search", "invalid_sid_share_without_trie"} <= set(
-        report["metrics"]
-    )
+    assert {"next_item", "search", "personalised_search", "invalid_sid_share_without_trie"} <= set(report["metrics"])
     assert report["sid"]["collisions_resolved"] >= 0

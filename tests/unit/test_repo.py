@@ -40,11 +40,11 @@ def test_tampered_file_is_rejected(version_dir: Path) -> None:
 
 def test_missing_and_unlisted_files_are_rejected(version_dir: Path) -> None:
     (version_dir / "extra.bin").write_bytes(b"x")
-    with pytest.raises(RepoError, match="not listed in manifest.json: extra.bin"):
+    with pytest.raises(RepoError, match=r"not listed in manifest\.json: extra\.bin"):
         load_version(version_dir)
     (version_dir / "extra.bin").unlink()
     (version_dir / "hf" / "config.json").unlink()
-    with pytest.raises(RepoError, match="hf/config.json is listed in manifest.json but missing"):
+    with pytest.raises(RepoError, match=r"hf/config\.json is listed in manifest\.json but missing"):
         load_version(version_dir)
 
 
@@ -56,7 +56,7 @@ def test_wrong_sid_length_and_tokenizer_mismatch_are_rejected(version_dir: Path)
         load_version(version_dir)
     sid = dict(m["sid"], length=3)
     _rewrite_manifest(version_dir, sid=sid)
-    with pytest.raises(RepoError, match="sid.length 3 disagrees"):
+    with pytest.raises(RepoError, match=r"sid\.length 3 disagrees"):
         load_version(version_dir)
 
 

@@ -49,14 +49,18 @@ def test_children_and_membership_match_reference(cat: tuple[np.ndarray, tuple[in
 
 @settings(max_examples=100, deadline=None)
 @given(catalogs(), st.data())
-def test_mask_allows_exactly_the_catalog_extensions(cat: tuple[np.ndarray, tuple[int, ...]], data: st.DataObject) -> None:
+def test_mask_allows_exactly_the_catalog_extensions(
+    cat: tuple[np.ndarray, tuple[int, ...]], data: st.DataObject
+) -> None:
     sids, sizes = cat
     trie = SidTrie.build(sids, sizes)
     offsets = [3 + sum(sizes[:i]) for i in range(len(sizes))]
     eos, vocab = 2, 3 + sum(sizes) + 5
     masker = TrieMasker(trie, offsets, eos, torch.device("cpu"))
     # a batch of rows at random prefixes (valid ones and full SIDs) plus an untouched row 0
-    picks = data.draw(st.lists(st.tuples(st.integers(0, len(sids) - 1), st.integers(0, len(sizes))), min_size=1, max_size=12))
+    picks = data.draw(
+        st.lists(st.tuples(st.integers(0, len(sids) - 1), st.integers(0, len(sizes))), min_size=1, max_size=12)
+    )
     logits = torch.randn(len(picks) + 1, vocab)
     original = logits.clone()
     prefixes = [tuple(int(x) for x in sids[i][:d]) for i, d in picks]
