@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import statistics
@@ -128,11 +129,8 @@ def run_builtin(version: ModelVersion, prompts: list[list[int]], beam: int, k: i
         llm.beam_search([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
         s["qps_all_at_once"] = round(len(prompts) / (time.perf_counter() - t0), 2)
     finally:
-        try:
+        with contextlib.suppress(Exception):  # best effort; the process ends soon anyway
             llm.llm_engine.engine_core.shutdown()
-        except Exception:  # noqa: BLE001 - best effort; the process ends soon anyway
-            pass
-        del llm
         gc.collect()
     return outs, s
 
@@ -166,7 +164,8 @@ def run_hf(version: ModelVersion, prompts: list[list[int]], beam: int, k: int, r
                                  eos_token_id=eos, early_stopping=True)
         seqs = out.sequences[:, n:n + L].tolist()
         scores = out.sequences_scores.tolist()
-        return [(tuple(t - offsets[i] for i, t in enumerate(s)), float(sc)) for s, sc in zip(seqs, scores, strict=True)][:k]
+        codes = [tuple(t - offsets[i] for i, t in enumerate(s)) for s in seqs]
+        return list(zip(codes, (float(x) for x in scores), strict=True))[:k]
     return timed(prompts, one)
 
 

@@ -123,8 +123,6 @@ def bench_size(n: int, vocab: int, reps: int) -> dict[str, object]:
         new = time_it(lambda x, r=rows, d=depths, nd=nodes: masker.mask(x, r, d, nd), logits, reps)
         old = time_it(lambda x, r=rows, d=depths, nd=nodes: legacy_mask(masker, x, r, d, nd), logits, reps)
         out["mask"][str(rows_n)] = {"new": new, "legacy": old}  # type: ignore[index]
-    del masker, trie, sids
-    gc.collect()
     return out
 
 
@@ -175,8 +173,8 @@ def main() -> None:
         m = r["mask"]
         cells = "  ".join(f"{m[k]['new']['p50_ms']:.3f}/{m[k]['legacy']['p50_ms']:.3f}" for k in ("16", "64", "256"))  # type: ignore[index]
         rss = r["rss_delta_trie_mb"] + r["rss_delta_masker_mb"]  # type: ignore[operator]
-        print(f"{n:>10} {r['build_s']:>8} {r['trie_nbytes_mb'] + r['masker_flat_nbytes_mb']:>9.1f} {rss:>7.1f} | {cells}",
-              flush=True)
+        nbytes = r["trie_nbytes_mb"] + r["masker_flat_nbytes_mb"]  # type: ignore[operator]
+        print(f"{n:>10} {r['build_s']:>8} {nbytes:>9.1f} {rss:>7.1f} | {cells}", flush=True)
     if args.redis:
         red = asyncio.run(bench_redis(1_000_000))
         report["redis"] = red

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from pipeline import prompts
 from pipeline.tokens import SPECIAL_IDS, SPECIAL_TOKENS, level_names, sid_tokens, token_offsets
+from service.catalog import repo
 
 FORMAT = "gr-serve/model-repo"
 FORMAT_VERSION = 1
@@ -96,19 +96,9 @@ def new_model(
     return model
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def catalog_version(catalog_dir: Path) -> str:
-    h = hashlib.sha256()
-    h.update((catalog_dir / "sids.npy").read_bytes())
-    h.update((catalog_dir / "items.jsonl").read_bytes())
-    return h.hexdigest()[:16]
+# One definition of the hashes, shared with the reader (service/catalog/repo.py).
+sha256_file = repo.sha256_file
+catalog_version = repo.catalog_digest_of
 
 
 def _check_catalog(items: list[dict], sids: np.ndarray, codebook_sizes: Sequence[int]) -> None:
@@ -212,6 +202,7 @@ def write_version(
         "build": {"seed": int(seed), **build_info},
     }
     _write_json(tmp / "manifest.json", manifest)
+    repo.load_version(tmp)  # the service's validator: a version that would not serve never lands
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

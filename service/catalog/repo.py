@@ -109,9 +109,14 @@ def sha256_file(path: Path) -> str:
 
 
 def catalog_digest(root: Path) -> str:
+    """``catalog_version`` of the version at ``root``."""
+    return catalog_digest_of(root / "catalog")
+
+
+def catalog_digest_of(catalog_dir: Path) -> str:
     h = hashlib.sha256()
     for name in ("sids.npy", "items.jsonl"):
-        with open(root / "catalog" / name, "rb") as f:
+        with open(catalog_dir / name, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:16]

@@ -136,7 +136,8 @@ class TrieMasker:
         flat_ptr.append(np.array([total, total + 1], dtype=np.int64))
         flat_tok = [(trie.key[d] % trie.codebook_sizes[d] + self.offsets[d]).astype(np.int32) for d in range(length)]
         flat_tok.append(np.array([self.eos_id], dtype=np.int32))
-        self.node_base = torch.from_numpy(np.concatenate(([0], np.cumsum(node_counts)[:-1])).astype(np.int64)).to(device)
+        node_base = np.concatenate(([0], np.cumsum(node_counts)[:-1])).astype(np.int64)
+        self.node_base = torch.from_numpy(node_base).to(device)
         self.finished_node = int(sum(node_counts))
         self.flat_ptr = torch.from_numpy(np.concatenate(flat_ptr).astype(np.int64)).to(device)
         self.flat_tok = torch.from_numpy(np.concatenate(flat_tok)).to(device)

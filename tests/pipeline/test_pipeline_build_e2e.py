@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pipeline.__main__ import main
-from pipeline.validate import check_version
+from service.catalog.repo import load_version
 
 
 def test_tiny_build(tmp_path: Path) -> None:
@@ -45,7 +45,9 @@ def test_tiny_build(tmp_path: Path) -> None:
             "1",
         ]
     )
-    m = check_version(out)
+    m = load_version(out).manifest  # the service's loader is the one validator of the format
+    for line in (out / "eval" / "queries.jsonl").read_text(encoding="utf-8").splitlines():
+        assert set(json.loads(line)) == {"query", "history", "target", "task"}
     assert m["model"] == "ml100k" and m["version"] == "7" and m["item_count"] == 30
     assert m["sid"]["length"] == 3 and m["sid"]["codebook_sizes"][:2] == [4, 4]
     report = json.loads((out / "eval.json").read_text())
