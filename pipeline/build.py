@@ -34,7 +34,7 @@ class BuildConfig:
     hidden: int = 128
     layers: int = 2
     train: TrainConfig = field(default_factory=TrainConfig)
-    max_next_per_user: int = 10
+    max_next_per_user: int = 30
     eval_next_users: int = 500
     eval_search_items: int = 500
     eval_personalised_users: int = 300

@@ -15,7 +15,7 @@ from pipeline.tokens import PAD
 
 @dataclass
 class TrainConfig:
-    epochs: float = 2.0
+    epochs: float = 2.5
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.01

