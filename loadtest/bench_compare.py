@@ -19,7 +19,10 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,8 +114,12 @@ def run_builtin(version: ModelVersion, prompts: list[list[int]], beam: int, k: i
     from vllm.sampling_params import BeamSearchParams
 
     from service.engine.logits_processor import TrieLogitsProcessor
+    from service.settings import Settings
 
+    settings = Settings()  # same engine sizing as the service (KV cache GiB, memory utilisation, block size)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
     llm = LLM(model=str(version.hf_dir), dtype="float32", max_model_len=256, max_num_seqs=256,
+              gpu_memory_utilization=settings.gpu_memory_utilization, block_size=settings.block_size,
               max_logprobs=max(64, 2 * beam), logprobs_mode="processed_logprobs",
               logits_processors=[TrieLogitsProcessor], enable_prefix_caching=True, enforce_eager=True,
               disable_log_stats=True)
@@ -201,6 +208,8 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--only", nargs="*", default=["service", "engine", "builtin", "hf", "floor"])
     p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=RESULTS / "bench_compare")
     args = p.parse_args()
     # 1 thread for the in-process HF/torch paths: on this 2-core box, shared with the engine core and other
@@ -219,11 +228,26 @@ def main() -> None:
         "builtin": lambda: run_builtin(version, prompts, B, k), "hf": lambda: run_hf(version, prompts, B, k, True),
         "hf_raw": lambda: run_hf(version, prompts, B, k, False),
     }
+    if args.child:  # one vLLM path in a fresh process (see below); results go back through a JSON file
+        t, st = runners[args.child]()
+        args.child_out.write_text(json.dumps({"tops": t, "stats": st}))
+        return
     for name in [*args.only, "hf_raw"] if "hf" in args.only else args.only:
         if name == "floor":
             report["paths"]["floor"] = run_floor(version, prompts, B)
+        elif name in ("engine", "builtin"):
+            # Each vLLM engine runs in its own process: a second engine in the same process hung in zmq
+            # Context.__del__ (garbage from the first one) in the middle of a beam search.
+            tmp = args.out.with_suffix(f".{name}.tmp.json")
+            subprocess.run([sys.executable, "-m", "loadtest.bench_compare", "--n", str(args.n), "--beam-width", str(B),
+                            "--top-k", str(k), "--child", name, "--child-out", str(tmp)], check=True)
+            got = json.loads(tmp.read_text())
+            tmp.unlink()
+            tops[name] = [[(tuple(s), sc) for s, sc in t] for t in got["tops"]]
+            report["paths"][name] = got["stats"]
         else:
             tops[name], report["paths"][name] = runners[name]()
+        if name in tops:
             valid = [bool(trie.contains(np.array([s for s, _ in t], dtype=np.int64)).all()) for t in tops[name] if t]
             report["paths"][name]["all_results_catalog_sids"] = all(valid)
         print(name, report["paths"][name], flush=True)

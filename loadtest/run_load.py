@@ -146,7 +146,7 @@ def main() -> int:
     p.add_argument("--stage-seconds", type=int, default=30)
     p.add_argument("--user-rps", type=float, default=1.0, help="requests/s each user aims for")
     p.add_argument("--wide-share", type=float, default=0.1, help="share of requests with beam_width 40")
-    p.add_argument("--max-stages-over-slo", type=int, default=2, help="stop after this many stages past the SLO")
+    p.add_argument("--max-stages-over-slo", type=int, default=3, help="stop after this many stages past the SLO")
     p.add_argument("--env", nargs="*", default=[], help="KEY=VALUE settings for the local gateway (GR_*)")
     p.add_argument("--rss-every", type=float, default=15.0)
     p.add_argument("--name", default="load", help="results go to loadtest/results/<name>/")

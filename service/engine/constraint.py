@@ -36,15 +36,29 @@ class SidConstraint:
 
     def prompt_state(self, prompt: Sequence[int]) -> tuple[int | None, int]:
         """(depth, node) of the SID prefix after the last ``<sid>`` marker; (None, _) if no marker."""
-        # Scan from the end: the marker sits at most L tokens from the end of any SID prompt.
-        n = len(prompt)
-        for back in range(min(n, self.sid_length + 1)):
-            if prompt[n - 1 - back] == self.marker:
-                prefix = np.asarray(prompt[n - back :], dtype=np.int64)
-                codes = prefix - self.offsets[: len(prefix)]
-                node = int(self.trie.walk(codes[None, :])[0]) if len(prefix) else 0
-                return len(prefix), node
-        return None, 0
+        return self.prompt_states([prompt])[0]
+
+    def prompt_states(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int | None, int]]:
+        """``prompt_state`` of many prompts, with one vectorised trie walk per prefix length (not per prompt)."""
+        out: list[tuple[int | None, int]] = [(None, 0)] * len(prompts)
+        by_len: dict[int, tuple[list[int], list[Sequence[int]]]] = {}
+        for i, prompt in enumerate(prompts):
+            # Scan from the end: the marker sits at most L tokens from the end of any SID prompt.
+            n = len(prompt)
+            for back in range(min(n, self.sid_length + 1)):
+                if prompt[n - 1 - back] == self.marker:
+                    if back == 0:
+                        out[i] = (0, 0)
+                    else:
+                        rows, prefixes = by_len.setdefault(back, ([], []))
+                        rows.append(i)
+                        prefixes.append(prompt[n - back :])
+                    break
+        for depth, (rows, prefixes) in by_len.items():
+            codes = np.asarray(prefixes, dtype=np.int64) - self.offsets[:depth]
+            for i, node in zip(rows, self.trie.walk(codes).tolist(), strict=True):
+                out[i] = (depth, node)
+        return out
 
     def advance(self, depth: int, nodes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Nodes after appending one token to rows that are all at ``depth``."""

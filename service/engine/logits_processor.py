@@ -25,7 +25,6 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 from service.engine.constraint import OPT_OUT_KEY, SidConstraint, load_constraint, wants_constraint
 
 if TYPE_CHECKING:
-    from vllm import SamplingParams
     from vllm.config import VllmConfig
 
 __all__ = ["OPT_OUT_KEY", "TrieLogitsProcessor"]
@@ -47,24 +46,20 @@ class TrieLogitsProcessor(LogitsProcessor):
     def is_argmax_invariant(self) -> bool:
         return False  # it changes which token wins
 
-    def _start_row(self, params: SamplingParams, prompt: list[int] | None, output: list[int]) -> _Row | None:
-        if not wants_constraint(params.extra_args) or not prompt:
-            return None
-        depth, node = self.constraint.prompt_state(prompt)
-        if depth is None:
-            return None
-        return _Row(output=output, consumed=0, depth=depth, node=node)
-
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if batch_update is not None:
             for index in batch_update.removed:
                 self.rows.pop(index, None)
-            for index, params, prompt, output in batch_update.added:
-                row = self._start_row(params, prompt, output)
-                if row is None:
+            added = [(index, params, prompt, output) for index, params, prompt, output in batch_update.added]
+            wanted = [bool(prompt) and wants_constraint(params.extra_args) for _, params, prompt, _ in added]
+            # one batched trie walk for all new requests of this step (a step adds ~B of them per query)
+            states = iter(self.constraint.prompt_states([a[2] or [] for a, w in zip(added, wanted, strict=True) if w]))
+            for (index, _, _, output), w in zip(added, wanted, strict=True):
+                depth, node = next(states) if w else (None, 0)
+                if depth is None:
                     self.rows.pop(index, None)
                 else:
-                    self.rows[index] = row
+                    self.rows[index] = _Row(output=output, consumed=0, depth=depth, node=node)
             for a, b, direction in batch_update.moved:
                 ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
                 if ra is not None:

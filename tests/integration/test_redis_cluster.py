@@ -25,7 +25,7 @@ def cluster_ports() -> Iterator[list[int]]:
     binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if binary is None or cli is None:
         raise RuntimeError("redis-server and redis-cli are required (apt-get install redis-server)")
-    ports = [free_port() for _ in range(3)]
+    ports = [_cluster_port() for _ in range(3)]
     procs = []
     with tempfile.TemporaryDirectory(prefix="gr-cluster-") as d:
         try:
@@ -79,6 +79,22 @@ def cluster_ports() -> Iterator[list[int]]:
             for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=10)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is valid and free too."""
+    import socket
+
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 def _wait(check: object, timeout: float = 90) -> None:
