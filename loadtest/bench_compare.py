@@ -81,23 +81,34 @@ def run_service(bodies: list[dict], beam: int, k: int) -> tuple[list[Top], dict]
 def run_engine(version: ModelVersion, prompts: list[list[int]], beam: int, k: int) -> tuple[list[Top], dict]:  # type: ignore[type-arg]
     from service.engine.beam_search import sid_beam_search
     from service.engine.engine import SidEngine
+    from service.engine.trie import SidTrie
     from service.settings import Settings
 
     eng = SidEngine.start(Settings(), version)
+    trie = SidTrie.build(version.sids, version.sid.codebook_sizes)  # the service resolves single-child steps
     loop = asyncio.new_event_loop()
     try:
         def one(p: list[int]) -> Top:
-            res = loop.run_until_complete(sid_beam_search(eng, p, version.sid, beam))
+            res = loop.run_until_complete(sid_beam_search(eng, p, version.sid, beam, trie))
             return [(b.codes, b.score) for b in res.beams[:k]]
 
+        # A/B of the single-child shortcut on this one engine, interleaved (PERFORMANCE.md, optimisation 6)
+        ab: dict[str, list[float]] = {"with_trie_shortcut": [], "without": []}
+        for i, p in enumerate(prompts[:100]):
+            for name in (("with_trie_shortcut", "without") if i % 2 else ("without", "with_trie_shortcut")):
+                t0 = time.perf_counter()
+                loop.run_until_complete(sid_beam_search(eng, p, version.sid, beam, trie if name != "without" else None))
+                ab[name].append((time.perf_counter() - t0) * 1e3)
+
         outs, s = timed(prompts, one)
+        s["ab_p50_ms"] = {name: round(statistics.median(v), 2) for name, v in ab.items()}  # type: ignore[assignment]
 
         async def concurrent(limit: int) -> float:
             sem = asyncio.Semaphore(limit)
 
             async def go(p: list[int]) -> None:
                 async with sem:
-                    await sid_beam_search(eng, p, version.sid, beam)
+                    await sid_beam_search(eng, p, version.sid, beam, trie)
             t0 = time.perf_counter()
             await asyncio.gather(*(go(p) for p in prompts))
             return len(prompts) / (time.perf_counter() - t0)

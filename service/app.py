@@ -36,7 +36,9 @@ async def _warm_up(retriever: Retriever, n: int) -> None:
 
     prompt = retriever.prompts.build("warm up", [])
     for _ in range(n):
-        await sid_beam_search(retriever.engine, prompt, retriever.version.sid, retriever.settings.default_beam_width)
+        await sid_beam_search(
+            retriever.engine, prompt, retriever.version.sid, retriever.settings.default_beam_width, retriever.trie
+        )
 
 
 def create_app(settings: Settings | None = None, engine_factory: EngineFactory = SidEngine.start) -> FastAPI:

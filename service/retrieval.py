@@ -107,7 +107,7 @@ class Retriever:
         with self._stage("tokenize"):
             prompt = self.prompts.build(query, known)
         with self._stage("engine"):
-            result = await sid_beam_search(self.engine, prompt, self.version.sid, beam_width)
+            result = await sid_beam_search(self.engine, prompt, self.version.sid, beam_width, self.trie)
         self.metrics.engine_requests.inc(result.engine_requests)
         return await self._to_response(req, prompt, result, beam_width, ignored)
 

@@ -102,6 +102,16 @@ class SidTrie:
             return np.zeros(len(sids), dtype=bool)
         return self.walk(sids) != DEAD
 
+    def only_child(self, depth: int, nodes: np.ndarray) -> np.ndarray:
+        """Per node at ``depth``: the code of its single child, or -1 where it has none or several."""
+        nodes = np.asarray(nodes, dtype=np.int64)
+        ptr = self.ptr[depth]
+        start = ptr[nodes]
+        single = (nodes >= 0) & (ptr[nodes + 1] - start == 1)
+        out = np.full(nodes.shape, -1, dtype=np.int64)
+        out[single] = self.key[depth][start[single]] % self.codebook_sizes[depth]
+        return out
+
     def children(self, depth: int, node: int) -> np.ndarray:
         """Codes of the children of one node (sorted); for tests and debugging."""
         lo, hi = self.ptr[depth][node], self.ptr[depth][node + 1]

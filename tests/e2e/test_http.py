@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.catalog.repo import load_version
 from tests.e2e.conftest import Gateway
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +28,10 @@ def test_retrieve_returns_distinct_catalog_items_best_first(gateway: Gateway) ->
     assert body["debug"] is None and body["ignored_history"] == []
 
 
-def test_history_debug_and_ignored_items(gateway: Gateway) -> None:
+def test_history_debug_and_ignored_items(gateway: Gateway, synthetic_root: Path) -> None:
+    version = load_version(synthetic_root / "synthetic" / "1")
+    assert version.sid.token_offsets == (7, 15, 23, 31)
+    sids = {tuple(int(c) for c in row) for row in version.sids}
     with gateway.client() as c:
         r = c.post("/retrieve", json={"history": ["3", 17, "delisted-9"], "top_k": 3, "beam_width": 5, "debug": True})
     assert r.status_code == 200, r.text
@@ -39,7 +44,16 @@ def test_history_debug_and_ignored_items(gateway: Gateway) -> None:
     assert [len(step) for step in dbg["steps"]][-1] == 5 and len(dbg["steps"]) == 4
     last = dbg["steps"][-1]
     assert [b["score"] for b in last[:3]] == [it["score"] for it in body["items"]]
-    assert dbg["engine_requests"] == 1 + 5 * 3
+    # one engine request per live beam and level, except beams whose trie node has a single child
+    assert dbg["engine_requests"] == 1 + sum(
+        sum(len(_children(b["token_ids"], sids)) > 1 for b in step) for step in dbg["steps"][:-1]
+    )
+
+
+def _children(prefix_tokens: list[int], sids: set[tuple[int, ...]]) -> set[int]:
+    offsets = (7, 15, 23, 31)  # the synthetic version's token_offsets (codebooks 8, 8, 8, 4)
+    prefix = tuple(t - offsets[i] for i, t in enumerate(prefix_tokens))
+    return {s[len(prefix)] for s in sids if s[: len(prefix)] == prefix}
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from service.catalog.repo import ModelVersion
 from service.engine.beam_search import sid_beam_search
 from service.engine.engine import SidEngine
 from service.engine.prompts import PromptBuilder
+from service.engine.trie import SidTrie
 
 pytestmark = pytest.mark.integration
 
@@ -66,13 +67,19 @@ async def test_beams_are_catalog_sids_and_raw_model_would_hallucinate(
     assert raw_invalid >= 6, "the random-weights model should hallucinate without the trie"
 
 
+@pytest.mark.parametrize("use_trie_shortcut", [False, True])
 async def test_top_k_equals_reference_and_scores_match_recomputation(
-    engine: SidEngine, synthetic_version: ModelVersion, hf_model: torch.nn.Module
+    engine: SidEngine, synthetic_version: ModelVersion, hf_model: torch.nn.Module, use_trie_shortcut: bool
 ) -> None:
+    """With or without resolving single-child steps from the trie, the answer is the reference's."""
     v = synthetic_version
     valid_prefixes = prefixes(v)
+    trie = SidTrie.build(v.sids, v.sid.codebook_sizes) if use_trie_shortcut else None
+    saved = 0
     for prompt in prompts_for(v, 6):
-        ours = (await sid_beam_search(engine, prompt, v.sid, beam_width=10)).beams
+        result = await sid_beam_search(engine, prompt, v.sid, beam_width=10, trie=trie)
+        saved += 1 + sum(len(step) for step in result.steps[:-1]) - result.engine_requests  # one per live beam
+        ours = result.beams
         with torch.no_grad():
             ref = constrained_beam_search(hf_model, prompt, v.sid.length, v.sid.token_offsets, valid_prefixes, 10)
         assert [b.codes for b in ours] == [codes for codes, _ in ref] or _only_near_ties(ours, ref)
@@ -80,6 +87,7 @@ async def test_top_k_equals_reference_and_scores_match_recomputation(
             assert beam.score == pytest.approx(
                 _sequence_logprob(hf_model, prompt, beam.codes, v, valid_prefixes), abs=2e-3
             )
+    assert (saved > 0) == use_trie_shortcut  # the shortcut really skipped engine requests
 
 
 def _only_near_ties(ours: list, ref: list) -> bool:

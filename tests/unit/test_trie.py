@@ -95,3 +95,18 @@ def test_dead_rows_only_allow_eos() -> None:
     logits = torch.zeros(1, 8)
     masker.mask(logits, torch.tensor([0]), torch.tensor([1]), torch.tensor([DEAD]))
     assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [2]
+
+
+@settings(max_examples=100, deadline=None)
+@given(catalogs())
+def test_only_child_matches_reference(cat: tuple[np.ndarray, tuple[int, ...]]) -> None:
+    sids, sizes = cat
+    trie = SidTrie.build(sids, sizes)
+    for d in range(len(sizes)):
+        prefixes = sorted({tuple(int(x) for x in row[:d]) for row in sids})
+        nodes = trie.walk(np.array(prefixes, dtype=np.int64).reshape(len(prefixes), d))
+        got = trie.only_child(d, nodes).tolist()
+        for prefix, code in zip(prefixes, got, strict=True):
+            kids = reference_children(sids, prefix)
+            assert code == (next(iter(kids)) if len(kids) == 1 else -1)
+    assert trie.only_child(0, np.array([DEAD])).tolist() == [-1]
