@@ -61,7 +61,7 @@ def timed(items: list, fn: Callable, warmup: int = 5) -> tuple[list, dict[str, f
 
 
 def prompts_for(version: ModelVersion, bodies: list[dict]) -> list[list[int]]:  # type: ignore[type-arg]
-    sid_of = {i: tuple(int(c) for c in s) for i, s in zip(version.item_ids, version.sids.tolist(), strict=True)}
+    sid_of = {i: tuple(int(c) for c in s) for i, s in zip(version.read_item_ids(), version.sids.tolist(), strict=True)}
     pb = PromptBuilder(version)
     return [pb.build(b.get("query"), [sid_of[h] for h in b.get("history", []) if h in sid_of]) for b in bodies]
 

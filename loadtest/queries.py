@@ -36,7 +36,7 @@ def load_queries(version: ModelVersion, n: int | None = None, seed: int = 0) -> 
     rng.shuffle(out)
     if n is None or len(out) >= n:
         return out if n is None else out[:n]
-    items = version.items
+    items = version.read_items()
     while len(out) < n:
         kind = rng.randrange(3)
         body = {}

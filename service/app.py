@@ -20,7 +20,6 @@ from service.catalog.store import CatalogStore, connect
 from service.deps import Services
 from service.engine.engine import SidEngine
 from service.engine.prompts import PromptBuilder
-from service.engine.trie import SidTrie
 from service.metrics import Metrics
 from service.readiness import Readiness
 from service.retrieval import Retriever
@@ -65,8 +64,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory =
         engine = engine_factory(settings, version)
         watcher: asyncio.Task[None] | None = None
         try:
-            trie = SidTrie.build(version.sids, version.sid.codebook_sizes)
-            retriever = Retriever(settings, version, engine, PromptBuilder(version), store, trie, metrics)
+            retriever = Retriever(settings, version, engine, PromptBuilder(version), store, version.trie, metrics)
             readiness = Readiness(version, store, engine, metrics, timeout_s=settings.redis_timeout_s)
             app.state.services = Services(settings, version, metrics, store, retriever, readiness)
             await _warm_up(retriever, settings.engine_warmup_queries)

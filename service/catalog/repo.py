@@ -7,9 +7,12 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.engine.trie import SidTrie
 
 FORMAT = "gr-serve/model-repo"
 FORMAT_VERSION = 1
@@ -75,13 +78,20 @@ class ModelVersion:
         return np.load(self.root / "catalog" / "sids.npy", allow_pickle=False)
 
     @cached_property
-    def items(self) -> list[dict[str, str]]:
+    def trie(self) -> SidTrie:
+        """The catalog's prefix trie (built once; validation and serving share it)."""
+        from service.engine.trie import SidTrie  # the trie is pure numpy/torch: no cycle at run time
+
+        return SidTrie.build(self.sids, self.sid.codebook_sizes)
+
+    def read_items(self) -> list[dict[str, str]]:
+        """Every item's metadata. Not cached: serving never needs it, and 1M items are ~650 MB of dicts."""
         with open(self.root / "catalog" / "items.jsonl", encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
 
-    @property
-    def item_ids(self) -> list[str]:
-        return [str(it["item_id"]) for it in self.items]
+    def read_item_ids(self) -> list[str]:
+        """Item ids in SID row order (read when the catalog is validated or loaded into Redis)."""
+        return [str(it["item_id"]) for it in self.read_items()]
 
 
 def resolve_version_dir(repo: Path, model: str, version: str) -> Path:
@@ -189,13 +199,11 @@ def _verify_catalog(mv: ModelVersion) -> None:
         raise RepoError(
             f"catalog/sids.npy is {sids.dtype}{list(sids.shape)}, expected int32[{mv.item_count}, {mv.sid.length}]"
         )
-    from service.engine.trie import SidTrie  # trie building also checks ranges and duplicates
-
     try:
-        SidTrie.build(sids, mv.sid.codebook_sizes)
+        mv.trie  # noqa: B018  # building the trie checks code ranges and duplicates
     except ValueError as e:
         raise RepoError(f"catalog/sids.npy: {e}") from e
-    ids = mv.item_ids
+    ids = mv.read_item_ids()
     if len(ids) != mv.item_count:
         raise RepoError(f"catalog/items.jsonl has {len(ids)} items, manifest says {mv.item_count}")
     if len(set(ids)) != len(ids):

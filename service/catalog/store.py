@@ -103,7 +103,7 @@ class CatalogStore:
         return LoadStats(version.item_count, time.perf_counter() - started, loaded=True)
 
     async def _write_all(self, version: ModelVersion) -> None:
-        ids, sids = version.item_ids, version.sids
+        ids, sids = version.read_item_ids(), version.sids
         n = len(ids)
         t0 = time.perf_counter()
         next_report = t0 + 2.0

@@ -82,5 +82,4 @@ def load_constraint(version_dir: Path, device: torch.device) -> SidConstraint:
     The gateway fully validated the version before starting the engine; here we only parse it.
     """
     version = load_version(version_dir, verify=False)
-    trie = SidTrie.build(version.sids, version.sid.codebook_sizes)
-    return SidConstraint(version, trie, device)
+    return SidConstraint(version, version.trie, device)

@@ -34,6 +34,8 @@ def test_stack_serves_the_default_model() -> None:
     body = json.loads(line.removeprefix("[stack] response: "))
     assert body["model_version"] == "ml100k/1" and len(body["items"]) == 5
     # the trained model maps the query "star wars" to Star Wars-related titles of MovieLens-100K
-    catalog = {it["item_id"]: it["title"] for it in load_version(REPO_ROOT / "model_repo" / "ml100k" / "1").items}
+    catalog = {
+        it["item_id"]: it["title"] for it in load_version(REPO_ROOT / "model_repo" / "ml100k" / "1").read_items()
+    }
     titles = [catalog[it["item_id"]] for it in body["items"]]
     assert any("star wars" in t.lower() for t in titles), titles

@@ -30,8 +30,8 @@ async def test_round_trip_every_item(redis: Redis, synthetic_version: ModelVersi
     assert stats.loaded and stats.items == v.item_count
     assert await store.live_version() == v.catalog_version
     sids = [tuple(int(c) for c in row) for row in v.sids]
-    items, hist = await store.lookup(sids, [*v.item_ids, "no-such-item"])
-    assert items == v.item_ids
+    items, hist = await store.lookup(sids, [*v.read_item_ids(), "no-such-item"])
+    assert items == v.read_item_ids()
     assert hist[:-1] == sids and hist[-1] is None
     # a SID that is not in the catalog maps to nothing
     missing = next(

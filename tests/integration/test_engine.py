@@ -27,7 +27,7 @@ def prefixes(v: ModelVersion) -> set[tuple[int, ...]]:
 def prompts_for(v: ModelVersion, n: int) -> list[list[int]]:
     rng = np.random.default_rng(7)
     builder = PromptBuilder(v)
-    words = [it["title"] for it in v.items[:50]]
+    words = [it["title"] for it in v.read_items()[:50]]
     out = []
     for i in range(n):
         hist = [tuple(int(c) for c in v.sids[j]) for j in rng.integers(0, v.item_count, size=i % 4)]

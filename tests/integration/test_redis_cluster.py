@@ -130,7 +130,7 @@ async def test_load_and_lookup_on_a_cluster(
     per_node = [redis.Redis(port=p).dbsize() for p in cluster_ports]
     assert sum(per_node) == 2 * v.item_count + 2 and min(per_node) > v.item_count // 3
     sids = [tuple(int(c) for c in row) for row in v.sids[:64]]
-    items, hist = await store.lookup(sids, [*v.item_ids[:5], "unknown"])
-    assert items == v.item_ids[:64]
+    items, hist = await store.lookup(sids, [*v.read_item_ids()[:5], "unknown"])
+    assert items == v.read_item_ids()[:64]
     assert hist == [*sids[:5], None]
     assert not (await store.load(v)).loaded  # idempotent: the live marker is there
