@@ -17,22 +17,16 @@ from pathlib import Path
 import httpx
 import psutil
 
+from service.localproc import RedisProcess, free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
 class Running:
     base: str
     gateway: subprocess.Popen[bytes]
-    redis: subprocess.Popen[bytes]
+    redis: RedisProcess
     log: Path
 
     def rss_mb(self) -> dict[str, float]:
@@ -44,7 +38,9 @@ class Running:
             for child in gw.children(recursive=True):
                 name = " ".join(child.cmdline()[:1]) or child.name()
                 out[f"{Path(name).name}[{child.pid}]"] = round(child.memory_info().rss / 2**20, 1)
-            out[f"redis[{self.redis.pid}]"] = round(psutil.Process(self.redis.pid).memory_info().rss / 2**20, 1)
+            if self.redis.proc is not None:
+                pid = self.redis.proc.pid
+                out[f"redis[{pid}]"] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
         except psutil.Error:
             pass
         return out
@@ -59,15 +55,12 @@ class Running:
 @contextmanager
 def local_stack(env: dict[str, str], ready_timeout: float = 600.0, log_dir: Path | None = None) -> Iterator[Running]:
     """Start redis-server and ``python -m service`` with ``env`` (GR_* settings) on free loopback ports."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server not found on PATH")
     workdir = Path(tempfile.mkdtemp(prefix="gr-load-"))
-    rport, port = free_port(), free_port()
-    redis = subprocess.Popen([binary, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                              "--dir", str(workdir), "--loglevel", "warning"], stdout=subprocess.DEVNULL)
+    redis = RedisProcess(free_port(), workdir)
+    redis.start()
+    port = free_port()
     log = (log_dir or workdir) / f"gateway-{port}.log"
-    full_env = dict(os.environ, GR_REDIS_URL=f"redis://127.0.0.1:{rport}/0", PYTHONUNBUFFERED="1", **env)
+    full_env = dict(os.environ, GR_REDIS_URL=redis.url, PYTHONUNBUFFERED="1", **env)
     with open(log, "wb") as out:
         gateway = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
                                    cwd=REPO_ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
@@ -93,6 +86,5 @@ def local_stack(env: dict[str, str], ready_timeout: float = 600.0, log_dir: Path
                 gateway.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 gateway.kill()
-        redis.terminate()
-        redis.wait(timeout=10)
+        redis.stop()
         shutil.rmtree(workdir, ignore_errors=True)

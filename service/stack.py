@@ -20,28 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_redis(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    import redis
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}")
-        try:
-            redis.Redis(port=port).ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.1)
-    raise RuntimeError("redis-server did not answer PING")
+from service.localproc import RedisProcess, free_port
 
 
 def _http(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
@@ -68,7 +47,7 @@ class Stack:
         for name, proc in reversed(self.procs):
             if proc.poll() is None:
                 print(f"[stack] stopping {name}", flush=True)
-                proc.send_signal(signal.SIGINT if name == "gateway" else signal.SIGTERM)
+                proc.send_signal(signal.SIGINT)
                 try:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
@@ -90,13 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exit-after-ready", action="store_true", help="stop once the example request succeeded")
     args = p.parse_args(argv)
 
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        print("error: redis-server not found on PATH (Debian: apt-get install redis-server)", file=sys.stderr)
-        return 2
-    redis_port = args.redis_port or _free_port()
     workdir = Path(tempfile.mkdtemp(prefix="gr-stack-"))
-    env = dict(os.environ, GR_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", PYTHONUNBUFFERED="1")
+    redis = RedisProcess(args.redis_port or free_port(), workdir)
+    env = dict(os.environ, GR_REDIS_URL=redis.url, PYTHONUNBUFFERED="1")
     stack = Stack()
     stopping = False
 
@@ -106,28 +81,12 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        redis_proc = stack.start(
-            "redis",
-            [
-                redis_bin,
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-                "--maxmemory-policy",
-                "noeviction",
-                "--loglevel",
-                "warning",
-            ],
-            env,
-        )
-        _wait_redis(redis_port, redis_proc)
+        print(f"[stack] starting redis-server on 127.0.0.1:{redis.port} (no persistence)", flush=True)
+        try:
+            redis.start()
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         loader = subprocess.run([sys.executable, "-m", "service.catalog.load"], env=env)
         if loader.returncode != 0:
             print(f"[stack] catalog loader failed with exit status {loader.returncode}", file=sys.stderr)
@@ -165,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         stack.stop()
+        print("[stack] stopping redis", flush=True)
+        redis.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
