@@ -8,16 +8,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 
-from service.localproc import RedisProcess, free_port
+from service.localproc import RedisProcess, free_port, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,18 +64,7 @@ def local_stack(env: dict[str, str], ready_timeout: float = 600.0, log_dir: Path
                                    cwd=REPO_ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if gateway.poll() is not None:
-                raise RuntimeError(f"gateway exited with {gateway.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not ready in {ready_timeout}s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_ready(base, gateway, ready_timeout, log)
         yield Running(base, gateway, redis, log)
     finally:
         if gateway.poll() is None:

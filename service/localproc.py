@@ -61,3 +61,28 @@ class RedisProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.proc = None
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path | None = None) -> None:
+    """Poll ``base``/readyz until it answers 200; raise if ``proc`` exits first or time runs out.
+
+    The error carries the tail of ``log`` (the gateway's output), where the reason usually is.
+    """
+    import urllib.error
+    import urllib.request
+
+    def tail() -> str:
+        return f":\n{log.read_text(errors='replace')[-4000:]}" if log is not None and log.exists() else ""
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode} before becoming ready{tail()}")
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet, or 503 (HTTPError is a URLError) while the engine warms up
+        time.sleep(0.5)
+    raise RuntimeError(f"gateway not ready after {timeout_s:.0f}s{tail()}")

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from service.localproc import RedisProcess, free_port
+from service.localproc import RedisProcess, free_port, wait_ready
 
 
 def _http(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
@@ -91,22 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         if loader.returncode != 0:
             print(f"[stack] catalog loader failed with exit status {loader.returncode}", file=sys.stderr)
             return loader.returncode
-        stack.start("gateway", [sys.executable, "-m", "service", "--host", args.host, "--port", str(args.port)], env)
+        gateway_cmd = [sys.executable, "-m", "service", "--host", args.host, "--port", str(args.port)]
+        gateway = stack.start("gateway", gateway_cmd, env)
         base = f"http://{args.host}:{args.port}"
-        deadline = time.monotonic() + args.ready_timeout
-        while True:
-            if (dead := stack.first_dead()) is not None:
-                print(f"[stack] {dead[0]} exited with {dead[1]} before becoming ready", file=sys.stderr)
-                return 1
-            try:
-                if _http(f"{base}/readyz", timeout=5)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                print("[stack] gateway not ready in time", file=sys.stderr)
-                return 1
-            time.sleep(1)
+        try:
+            wait_ready(base, gateway, args.ready_timeout)  # the gateway logs to our stdout already
+        except RuntimeError as e:
+            print(f"[stack] {e}", file=sys.stderr)
+            return 1
         status, body = _http(f"{base}/retrieve", {"query": "star wars", "top_k": 5})
         print(f"[stack] ready at {base}  (Prometheus metrics: {base}/metrics)", flush=True)
         print(f'[stack] POST /retrieve {{"query": "star wars", "top_k": 5}} -> {status}', flush=True)

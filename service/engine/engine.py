@@ -108,18 +108,21 @@ class SidEngine:
                  "V2" if config.use_v2_model_runner else "V1")
         return cls(AsyncLLM.from_vllm_config(config, disable_log_stats=True), version)
 
+    async def _final_output(self, prompt: list[int], params: Any) -> Any:
+        """Submit one request and return its last ``RequestOutput`` (None if vLLM yielded nothing)."""
+        final = None
+        # A rendered token input ({"type": "token", ...}) is queued directly; a raw TokensPrompt takes a round
+        # trip through vLLM's renderer thread pool on every request (PERFORMANCE.md).
+        async for out in self._llm.generate(_tokens_input(prompt), params, request_id=f"gr-{next(self._ids)}"):
+            final = out
+        return final
+
     async def next_token_logprobs(self, prompt: list[int], k: int) -> list[TokenLogprob]:
         """Top-``k`` next tokens of ``prompt`` under the trie, by processed log-probability.
 
         Tokens the trie masks have -inf and are dropped, so fewer than ``k`` may come back.
         """
-        final = None
-        # A rendered token input ({"type": "token", ...}) is queued directly; a raw TokensPrompt takes a round
-        # trip through vLLM's renderer thread pool on every request (PERFORMANCE.md).
-        async for out in self._llm.generate(
-            _tokens_input(prompt), self._logprob_params(k), request_id=f"gr-{next(self._ids)}"
-        ):
-            final = out
+        final = await self._final_output(prompt, self._logprob_params(k))
         if final is None or not final.outputs or final.outputs[0].logprobs is None:
             raise RuntimeError("vLLM returned no logprobs")
         lp = final.outputs[0].logprobs
@@ -134,7 +137,6 @@ class SidEngine:
     async def greedy(self, prompt: list[int], max_tokens: int, *, constrained: bool = True) -> list[int]:
         """Greedy continuation; ``constrained=False`` opts out of the trie (to show what it prevents)."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         from service.engine.logits_processor import OPT_OUT_KEY
 
@@ -145,11 +147,7 @@ class SidEngine:
             ignore_eos=not constrained,  # unconstrained: show the L tokens the raw model would emit
             extra_args=None if constrained else {OPT_OUT_KEY: False},
         )
-        final = None
-        async for out in self._llm.generate(  # type: ignore[attr-defined]
-            TokensPrompt(prompt_token_ids=prompt), params, request_id=f"gr-{next(self._ids)}"
-        ):
-            final = out
+        final = await self._final_output(prompt, params)
         return list(final.outputs[0].token_ids) if final is not None else []
 
     async def check_health(self) -> None:

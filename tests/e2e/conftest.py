@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.localproc import wait_ready
 from tests.conftest import REPO_ROOT, RedisServer, free_port
 
 
@@ -24,20 +24,6 @@ class Gateway:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base, timeout=60)
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"gateway not ready after {timeout}s:\n{log.read_text()[-4000:]}")
 
 
 def start_gateway(repo: Path, model: str, redis: RedisServer, workdir: Path, **env: str) -> Gateway:
@@ -63,7 +49,7 @@ def start_gateway(repo: Path, model: str, redis: RedisServer, workdir: Path, **e
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, proc, log)
+        wait_ready(base, proc, 300, log)
     except Exception:
         proc.kill()
         raise
