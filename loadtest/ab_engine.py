@@ -1,6 +1,6 @@
 """A/B of per-request engine overhead on ONE running engine, interleaved rounds (robust to load drift).
 
-Variant ``legacy``: how ``SidEngine.next_token_logprobs`` submitted requests before the optimisation (a new
+Variant ``legacy``: how ``RequestsEngine.next_token_logprobs`` submitted requests before the optimisation (a new
 ``SamplingParams`` per request, deep-copied by vLLM, and a raw ``TokensPrompt`` that goes through vLLM's renderer
 thread pool). Variant ``current``: the shipped code. Each round runs ``--n`` queries sequentially and then with
 ``--concurrency`` in flight, for each variant in turn; the frontend (this process) CPU time is reported too.
@@ -21,15 +21,15 @@ from typing import Any
 from loadtest.bench_compare import prompts_for
 from loadtest.machine import machine_info
 from loadtest.queries import load_queries, served_version
-from service.engine.beam_search import sid_beam_search
-from service.engine.engine import SidEngine, TokenLogprob
+from service.engine.requests.beam_search import sid_beam_search
+from service.engine.requests.engine import RequestsEngine, TokenLogprob
 from service.settings import Settings
 
 
 class LegacyEngine:
     """The pre-optimisation request path, on the same AsyncLLM."""
 
-    def __init__(self, eng: SidEngine):
+    def __init__(self, eng: RequestsEngine):
         self._llm: Any = eng._llm
         self._eng = eng
 
@@ -73,7 +73,7 @@ async def measure(engine: Any, prompts: list[list[int]], version: Any, beam: int
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     version = served_version()
     prompts = prompts_for(version, load_queries(version, args.n))
-    eng = SidEngine.start(Settings(), version)
+    eng = RequestsEngine.start(Settings(), version)
     variants: dict[str, Any] = {"legacy": LegacyEngine(eng), "current": eng}
     out: dict[str, Any] = {"machine_start": machine_info(), "rounds": []}
     try:

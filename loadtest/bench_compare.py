@@ -1,11 +1,13 @@
-"""One run, same model and machine: five ways to get the top-k SIDs of the same queries.
+"""One run, same model and machine: the ways to get the top-k SIDs of the same queries.
 
-1. ``service``  - the gateway end to end over HTTP, sequential requests (own redis-server + gateway process);
-2. ``engine``   - its engine path in-process: ``sid_beam_search`` over ``SidEngine`` (no HTTP, no Redis);
-3. ``builtin``  - vLLM's ``LLM.beam_search`` with the same trie (``TrieLogitsProcessor`` + processed logprobs);
-4. ``hf``       - transformers ``generate(num_beams=B, prefix_allowed_tokens_fn=trie)`` (+ a renormalising step,
+1. ``service``  - the gateway end to end over HTTP, sequential requests (own redis-server + gateway process),
+                  in its default mode (the in-engine search);
+2. ``engine``   - the in-engine search in-process: one ``encode`` per query (``PooledSearchEngine``; no HTTP/Redis);
+3. ``requests`` - the per-beam-request path in-process (``RequestsEngine``: one 1-token request per live beam);
+4. ``builtin``  - vLLM's ``LLM.beam_search`` with the same trie (``TrieLogitsProcessor`` + processed logprobs);
+5. ``hf``       - transformers ``generate(num_beams=B, prefix_allowed_tokens_fn=trie)`` (+ a renormalising step,
                   so its scores mean what ours mean; ``hf_raw`` without it, for agreement only);
-5. ``floor``    - bare forward passes: one prefill + (L-1) batched decode steps of B sequences with a KV cache.
+6. ``floor``    - bare forward passes: one prefill + (L-1) batched decode steps of B sequences with a KV cache.
 
 Every vLLM engine is started and shut down in turn (one engine core at a time on 2 cores).
 
@@ -35,8 +37,8 @@ from loadtest.localstack import local_stack
 from loadtest.machine import machine_info
 from loadtest.queries import load_queries, served_version
 from service.catalog.repo import ModelVersion
+from service.catalog.trie import SidTrie
 from service.engine.prompts import PromptBuilder
-from service.engine.trie import SidTrie
 
 RESULTS = Path(__file__).parent / "results"
 Top = list[tuple[tuple[int, ...], float]]  # (SID codes, score), best first
@@ -78,41 +80,34 @@ def run_service(bodies: list[dict], beam: int, k: int) -> tuple[list[Top], dict]
     return outs, s
 
 
-def run_engine(version: ModelVersion, prompts: list[list[int]], beam: int, k: int) -> tuple[list[Top], dict]:  # type: ignore[type-arg]
-    from service.engine.beam_search import sid_beam_search
-    from service.engine.engine import SidEngine
-    from service.engine.trie import SidTrie
+def run_inprocess(
+    version: ModelVersion, prompts: list[list[int]], beam: int, k: int, mode: str
+) -> tuple[list[Top], dict]:  # type: ignore[type-arg]
+    """One of the service's two search engines in this process: sequential latency, then throughput at 8 and 32
+    queries in flight."""
+    from service.engine.client import start_engine
     from service.settings import Settings
 
-    eng = SidEngine.start(Settings(), version)
-    trie = SidTrie.build(version.sids, version.sid.codebook_sizes)  # the service resolves single-child steps
+    eng = start_engine(Settings(search_mode=mode), version)  # type: ignore[arg-type]
     loop = asyncio.new_event_loop()
     try:
         def one(p: list[int]) -> Top:
-            res = loop.run_until_complete(sid_beam_search(eng, p, version.sid, beam, trie))
+            res = loop.run_until_complete(eng.search(p, beam))
             return [(b.codes, b.score) for b in res.beams[:k]]
 
-        # A/B of the single-child shortcut on this one engine, interleaved (PERFORMANCE.md, optimisation 6)
-        ab: dict[str, list[float]] = {"with_trie_shortcut": [], "without": []}
-        for i, p in enumerate(prompts[:100]):
-            for name in (("with_trie_shortcut", "without") if i % 2 else ("without", "with_trie_shortcut")):
-                t0 = time.perf_counter()
-                loop.run_until_complete(sid_beam_search(eng, p, version.sid, beam, trie if name != "without" else None))
-                ab[name].append((time.perf_counter() - t0) * 1e3)
-
         outs, s = timed(prompts, one)
-        s["ab_p50_ms"] = {name: round(statistics.median(v), 2) for name, v in ab.items()}  # type: ignore[assignment]
 
         async def concurrent(limit: int) -> float:
             sem = asyncio.Semaphore(limit)
 
             async def go(p: list[int]) -> None:
                 async with sem:
-                    await sid_beam_search(eng, p, version.sid, beam, trie)
+                    await eng.search(p, beam)
             t0 = time.perf_counter()
             await asyncio.gather(*(go(p) for p in prompts))
             return len(prompts) / (time.perf_counter() - t0)
-        s["qps_concurrent8"] = round(loop.run_until_complete(concurrent(8)), 2)
+        for limit in (8, 32):
+            s[f"qps_concurrent{limit}"] = round(loop.run_until_complete(concurrent(limit)), 2)
     finally:
         eng.shutdown()
         loop.close()
@@ -124,7 +119,7 @@ def run_builtin(version: ModelVersion, prompts: list[list[int]], beam: int, k: i
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import BeamSearchParams
 
-    from service.engine.logits_processor import TrieLogitsProcessor
+    from service.engine.requests.logits_processor import TrieLogitsProcessor
     from service.settings import Settings
 
     settings = Settings()  # same engine sizing as the service (KV cache GiB, memory utilisation, block size)
@@ -217,7 +212,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--beam-width", type=int, default=20)
     p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--only", nargs="*", default=["service", "engine", "builtin", "hf", "floor"])
+    p.add_argument("--only", nargs="*", default=["service", "engine", "requests", "builtin", "hf", "floor"])
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -235,7 +230,9 @@ def main() -> None:
     tops: dict[str, list[Top]] = {}
     trie = SidTrie.build(version.sids, version.sid.codebook_sizes)
     runners: dict[str, Callable[[], tuple[list[Top], dict]]] = {  # type: ignore[type-arg]
-        "service": lambda: run_service(bodies, B, k), "engine": lambda: run_engine(version, prompts, B, k),
+        "service": lambda: run_service(bodies, B, k),
+        "engine": lambda: run_inprocess(version, prompts, B, k, "engine"),
+        "requests": lambda: run_inprocess(version, prompts, B, k, "requests"),
         "builtin": lambda: run_builtin(version, prompts, B, k), "hf": lambda: run_hf(version, prompts, B, k, True),
         "hf_raw": lambda: run_hf(version, prompts, B, k, False),
     }
@@ -246,7 +243,7 @@ def main() -> None:
     for name in [*args.only, "hf_raw"] if "hf" in args.only else args.only:
         if name == "floor":
             report["paths"]["floor"] = run_floor(version, prompts, B)
-        elif name in ("engine", "builtin"):
+        elif name in ("engine", "requests", "builtin"):
             # Each vLLM engine runs in its own process: a second engine in the same process hung in zmq
             # Context.__del__ (garbage from the first one) in the middle of a beam search.
             tmp = args.out.with_suffix(f".{name}.tmp.json")
@@ -266,10 +263,12 @@ def main() -> None:
     report["agreement_vs_" + base] = {n: agreement(tops[base], t) for n, t in tops.items() if n != base} if base else {}
     paths = report["paths"]
     ratios = {}
-    if "builtin" in paths and base in paths:
-        ratios[f"{base}_p50_over_builtin_p50"] = round(paths[base]["p50_ms"] / paths["builtin"]["p50_ms"], 3)
+    if "builtin" in paths:
+        for n in ("service", "engine", "requests"):
+            if n in paths:
+                ratios[f"{n}_p50_over_builtin_p50"] = round(paths[n]["p50_ms"] / paths["builtin"]["p50_ms"], 3)
     if "floor" in paths:
-        for n in ("service", "engine", "builtin", "hf"):
+        for n in ("service", "engine", "requests", "builtin", "hf"):
             if n in paths:
                 ratios[f"{n}_p50_over_floor_p50"] = round(paths[n]["p50_ms"] / paths["floor"]["p50_ms"], 2)
     report["ratios"] = ratios
@@ -280,7 +279,8 @@ def main() -> None:
              "", f"load avg start {report['machine_start']['load_avg']}, end {report['machine_end']['load_avg']}", "",
              "| path | p50 ms | p99 ms | mean ms | seq QPS | extra |", "| --- | --- | --- | --- | --- | --- |"]
     for n, s in paths.items():
-        extra = {x: s[x] for x in ("qps_concurrent8", "qps_all_at_once", "all_results_catalog_sids") if x in s}
+        keys = ("qps_concurrent8", "qps_concurrent32", "qps_all_at_once", "all_results_catalog_sids")
+        extra = {x: s[x] for x in keys if x in s}
         lines.append(f"| {n} | {s['p50_ms']} | {s['p99_ms']} | {s['mean_ms']} | {s['qps']} | {extra} |")
     lines += ["", f"ratios: {ratios}", "", f"agreement vs {base}: {report['agreement_vs_' + base]}"]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

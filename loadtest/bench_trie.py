@@ -26,7 +26,7 @@ import psutil
 import torch
 
 from loadtest.machine import machine_info
-from service.engine.trie import SidTrie, TrieMasker
+from service.catalog.trie import SidTrie, TrieMasker
 
 RESULTS = Path(__file__).parent / "results"
 L, K = 4, 256

@@ -153,6 +153,9 @@ def main() -> int:
     args = p.parse_args()
 
     gw_env = dict(kv.split("=", 1) for kv in args.env)
+    # The latency-vs-throughput curve is the engine's own: admission control would turn the far end into 429s
+    # (loadtest/overload.py measures it). Pass --env GR_MAX_CONCURRENT_BEAMS=N to keep a bound.
+    gw_env.setdefault("GR_MAX_CONCURRENT_BEAMS", "0")
     out = RESULTS / args.name
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(**{k[3:].lower(): v for k, v in gw_env.items() if k.startswith("GR_")})  # type: ignore[arg-type]

@@ -6,9 +6,11 @@ import argparse
 import time
 from pathlib import Path
 
+from pipeline.align import AlignConfig
+from pipeline.baselines import SASRecConfig
 from pipeline.build import BuildConfig, build
 from pipeline.loaders import BookCrossingLoader, Dataset, ML100kLoader, TableLoader
-from pipeline.train import TrainConfig
+from pipeline.train import PackedConfig, TrainConfig
 
 
 def _slice(ds: Dataset, max_items: int | None) -> Dataset:
@@ -37,10 +39,29 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--codebook", type=int, nargs="+", default=[32, 32, 32], help="semantic level sizes")
     b.add_argument("--hidden", type=int, default=128)
     b.add_argument("--layers", type=int, default=2)
-    b.add_argument("--epochs", type=float, default=2.5)
-    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--history", type=int, default=20, help="history items per prompt (training and serving)")
+    b.add_argument("--trainer", choices=["packed", "per-example"], default="packed")
+    b.add_argument("--next-item", choices=["all", "sampled"], default="all", help="packed: next-item targets")
+    b.add_argument("--max-epochs", type=float, default=8.0, help="packed: epochs at most (best by validation)")
+    b.add_argument("--segment-targets", type=int, default=32, help="packed: targets per segment")
+    b.add_argument("--batch-segments", type=int, default=8, help="packed: segments per batch")
+    b.add_argument("--eval-every", type=float, default=1.0, help="packed: epochs between validations")
+    b.add_argument("--patience", type=int, default=2, help="packed: validations without a gain before stopping")
+    b.add_argument("--warmup-steps", type=int, default=100)
+    b.add_argument("--epochs", type=float, default=2.5, help="per-example trainer: epochs")
+    b.add_argument("--batch-size", type=int, default=64, help="per-example trainer: batch size")
     b.add_argument("--lr", type=float, default=3e-3)
-    b.add_argument("--max-next-per-user", type=int, default=30)
+    b.add_argument("--max-next-per-user", type=int, default=30, help="sampled next-item positions per user")
+    b.add_argument("--sid-collab-weight", type=float, default=0.0, help="> 0: SIDs from text + SASRec embedding")
+    b.add_argument("--no-baselines", action="store_true", help="skip SASRec / transition-table baselines")
+    b.add_argument("--sasrec-max-epochs", type=int, default=200)
+    b.add_argument("--sasrec-patience", type=int, default=10)
+    b.add_argument("--align", choices=["none", "dpo", "rad-dpo"], default="none")
+    b.add_argument("--align-rounds", type=int, default=2)
+    b.add_argument("--align-prompts-per-user", type=int, default=3)
+    b.add_argument("--align-beta", type=float, default=0.5)
+    b.add_argument("--align-lr", type=float, default=3e-4)
+    b.add_argument("--align-negatives", type=int, default=3)
     b.add_argument("--eval-next-users", type=int, default=500, help="next-item test users evaluated")
     b.add_argument("--eval-search-items", type=int, default=500)
     b.add_argument("--eval-personalised-users", type=int, default=300)
@@ -70,8 +91,33 @@ def main(argv: list[str] | None = None) -> None:
         codebook=a.codebook,
         hidden=a.hidden,
         layers=a.layers,
+        history=a.history,
+        trainer=a.trainer,
+        next_item=a.next_item,
         train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed),
+        packed=PackedConfig(
+            max_epochs=a.max_epochs,
+            segment_targets=a.segment_targets,
+            batch_segments=a.batch_segments,
+            lr=a.lr,
+            warmup_steps=a.warmup_steps,
+            eval_every=a.eval_every,
+            patience=a.patience,
+            seed=a.seed,
+        ),
         max_next_per_user=a.max_next_per_user,
+        sid_collab_weight=a.sid_collab_weight,
+        sasrec=SASRecConfig(max_epochs=a.sasrec_max_epochs, patience=a.sasrec_patience, seed=a.seed),
+        baselines=not a.no_baselines,
+        align=a.align,
+        align_cfg=AlignConfig(
+            rounds=a.align_rounds,
+            prompts_per_user=a.align_prompts_per_user,
+            beta=a.align_beta,
+            lr=a.align_lr,
+            negatives=a.align_negatives,
+            seed=a.seed,
+        ),
         eval_search_items=a.eval_search_items,
         eval_next_users=a.eval_next_users,
         eval_personalised_users=a.eval_personalised_users,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 from pipeline import prompts
 from pipeline.tokens import SPECIAL_IDS, SPECIAL_TOKENS, level_names, sid_tokens, token_offsets
@@ -96,21 +98,86 @@ def new_model(
     return model
 
 
+def new_llama_model(
+    vocab_size: int,
+    *,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int,
+    seed: int = 0,
+) -> LlamaForCausalLM:
+    """Random-init Llama-architecture decoder (e.g. SmolLM2-135M's shape: 576/30/9/3/1536), tied embeddings."""
+    cfg = LlamaConfig(  # type: ignore[call-arg]  # transformers 5 stubs omit rope_theta
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,
+        bos_token_id=SPECIAL_IDS["bos"],
+        eos_token_id=SPECIAL_IDS["eos"],
+        pad_token_id=SPECIAL_IDS["pad"],
+        rope_theta=100000.0,
+    )
+    cfg.dtype = "float32"
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).to(torch.float32)  # type: ignore[arg-type]
+    model.eval()
+    return model
+
+
 # One definition of the hashes, shared with the reader (service/catalog/repo.py).
 sha256_file = repo.sha256_file
 catalog_version = repo.catalog_digest_of
 
 
-def _check_catalog(items: list[dict], sids: np.ndarray, codebook_sizes: Sequence[int]) -> None:
+def _check_catalog(
+    items: list[dict], sids: np.ndarray, codebook_sizes: Sequence[int], variable_length: bool = False
+) -> None:
     if sids.ndim != 2 or sids.shape != (len(items), len(codebook_sizes)):
         raise ValueError(f"sids shape {sids.shape} != ({len(items)}, {len(codebook_sizes)})")
-    if (sids < 0).any() or (sids >= np.asarray(codebook_sizes)[None, :]).any():
+    ended = sids < 0  # variable-length SIDs: -1 after the last code
+    if ended.any() and (not variable_length or ended[:, 0].any() or (ended[:, :-1] & ~ended[:, 1:]).any()):
+        raise ValueError("a SID code is negative (variable-length SIDs: codes, then -1 up to the maximum length)")
+    if (sids >= np.asarray(codebook_sizes)[None, :]).any():
         raise ValueError("a SID code is out of its codebook range")
     if len(np.unique(sids, axis=0)) != len(sids):
         raise ValueError("two rows share a SID")
     ids = [str(it["item_id"]) for it in items]
     if len(set(ids)) != len(ids):
         raise ValueError("item ids repeat")
+
+
+ASSIGNER_FILE = "catalog/sid_assigner.npz"
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An .npz (np.load reads it) with fixed zip timestamps, so the bytes depend only on the arrays."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+def catalog_row(item: dict) -> dict:
+    """One catalog/items.jsonl row: category is a list of strings (a plain string becomes a 1-list),
+    year an int or None."""
+    cat = item.get("category", [])
+    cats = [cat] if isinstance(cat, str) else [str(c) for c in cat]
+    year = item.get("year")
+    return {
+        "item_id": str(item["item_id"]),
+        "title": str(item["title"]),
+        "category": [c for c in cats if c],
+        "year": None if year is None else int(year),
+    }
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
@@ -132,12 +199,15 @@ def write_version(
     sids: np.ndarray,
     codebook_sizes: Sequence[int],
     tokenizer_words: Sequence[str],
-    model: Qwen2ForCausalLM | None,
+    model: PreTrainedModel | None,
     eval_queries: list[dict],
     eval_metrics: dict,
     build_info: dict,
     seed: int,
+    per_query: list[dict] | None = None,
+    sid_assigner: tuple[dict, dict[str, np.ndarray]] | None = None,
     disambiguation_level: bool = True,
+    variable_length: bool = False,
     max_history_items: int = prompts.MAX_HISTORY_ITEMS,
     max_query_tokens: int = prompts.MAX_QUERY_TOKENS,
     overwrite: bool = False,
@@ -146,16 +216,16 @@ def write_version(
 
     The version is assembled in a sibling temp dir and renamed into place, so a reader (the service's
     repo watcher) never sees a half-written version. `model=None` writes a random-init model.
+    per_query: rows of eval/per_query.jsonl (per-query ranks of every evaluated model).
+    sid_assigner: (manifest entry, arrays) -> catalog/sid_assigner.npz and manifest `sid.assigner`.
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True)")
     codebook_sizes = [int(s) for s in codebook_sizes]
     sids = np.ascontiguousarray(sids, dtype=np.int32)
-    items = [
-        {"item_id": str(it["item_id"]), "title": str(it["title"]), "category": str(it["category"])} for it in items
-    ]
-    _check_catalog(items, sids, codebook_sizes)
+    items = [catalog_row(it) for it in items]
+    _check_catalog(items, sids, codebook_sizes, variable_length)
 
     tok = build_tokenizer(codebook_sizes, tokenizer_words)
     vocab = tok.get_vocab_size(with_added_tokens=True)
@@ -175,7 +245,13 @@ def write_version(
     np.save(tmp / "catalog" / "sids.npy", sids, allow_pickle=False)
     _write_jsonl(tmp / "catalog" / "items.jsonl", items)
     _write_jsonl(tmp / "eval" / "queries.jsonl", eval_queries)
+    if per_query is not None:
+        _write_jsonl(tmp / "eval" / "per_query.jsonl", per_query)
     _write_json(tmp / "eval.json", eval_metrics)
+    assigner_entry = None
+    if sid_assigner is not None:
+        assigner_entry = {**sid_assigner[0], "file": ASSIGNER_FILE}
+        write_npz(tmp / ASSIGNER_FILE, sid_assigner[1])
 
     files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     manifest = {
@@ -191,6 +267,8 @@ def write_version(
             "level_names": level_names(len(codebook_sizes)),
             "token_offsets": token_offsets(codebook_sizes),
             "disambiguation_level": bool(disambiguation_level),
+            "variable_length": bool(variable_length),
+            **({"assigner": assigner_entry} if assigner_entry else {}),
         },
         "special_tokens": dict(SPECIAL_IDS),
         "prompt": {
@@ -209,7 +287,7 @@ def write_version(
     return out
 
 
-def _write_hf(hf: Path, model: Qwen2ForCausalLM, tok: Tokenizer) -> None:
+def _write_hf(hf: Path, model: PreTrainedModel, tok: Tokenizer) -> None:
     model.config.dtype = "float32"
     model.generation_config.bos_token_id = SPECIAL_IDS["bos"]
     model.generation_config.eos_token_id = SPECIAL_IDS["eos"]

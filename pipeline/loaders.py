@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Protocol
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    items: list[dict]  # {"item_id": str, "title": str, "category": str}
+    items: list[dict]  # {"item_id": str, "title": str, "category": [str, ...], "year": int | None}
     interactions: list[tuple[str, str, int]]  # (user_id, item_id, timestamp)
 
 
@@ -27,9 +28,24 @@ def recbole_ml100k_dir() -> Path:
     return Path(recbole.__file__).resolve().parent / "dataset_example" / "ml-100k"
 
 
+_TITLE_YEAR = re.compile(r"\((\d{4})\)\s*$")
+
+
+def _year(field: str, title: str) -> int | None:
+    if re.fullmatch(r"\d{4}", field):
+        return int(field)
+    m = _TITLE_YEAR.search(title.strip())
+    return int(m.group(1)) if m else None
+
+
 @dataclass
 class ML100kLoader:
-    """MovieLens-100k from the recbole wheel (.item: movie_title, release_year, class; .inter: ratings)."""
+    """MovieLens-100k from the recbole wheel (.item: movie_title, release_year, class; .inter: ratings).
+
+    category = the genre list (`class`, e.g. ["Animation", "Children's", "Comedy"]); year = release_year, or
+    the "(yyyy)" at the end of the title when that field is not a year (one item), else None. The title keeps
+    the raw field in brackets, as version 1 did.
+    """
 
     path: Path | None = None
 
@@ -43,7 +59,14 @@ class ML100kLoader:
                 rec = dict(zip(header, r, strict=False))
                 year = rec.get("release_year", "").strip()
                 title = rec["movie_title"].strip() + (f" ({year})" if year else "")
-                items.append({"item_id": rec["item_id"], "title": title, "category": rec.get("class", "").strip()})
+                items.append(
+                    {
+                        "item_id": rec["item_id"],
+                        "title": title,
+                        "category": rec.get("class", "").split(),
+                        "year": _year(year, rec["movie_title"]),
+                    }
+                )
         inter = []
         with (root / "ml-100k.inter").open(encoding="utf-8") as f:
             rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -103,11 +126,13 @@ class BookCrossingLoader:
             if isbn in keep and isbn not in seen:
                 seen.add(isbn)
                 author = col(b, "book-author")
+                year = col(b, "year-of-publication")
                 items.append(
                     {
                         "item_id": isbn,
                         "title": col(b, "book-title"),
-                        "category": f"{author} {col(b, 'publisher')}".strip(),
+                        "category": [x for x in (author, col(b, "publisher")) if x],
+                        "year": int(year) if year.isdigit() and int(year) > 0 else None,
                     }
                 )
         inter = [x for x in inter if x[1] in seen]
@@ -116,9 +141,10 @@ class BookCrossingLoader:
 
 @dataclass
 class TableLoader:
-    """Generic loader: items file (item_id,title,category) + interactions file (user_id,item_id,timestamp).
+    """Generic loader: items file (item_id,title,category[,year]) + interactions (user_id,item_id,timestamp).
 
-    CSV, or Parquet when the file name ends in .parquet (needs pandas + pyarrow).
+    CSV, or Parquet when the file name ends in .parquet (needs pandas + pyarrow). `category` holds
+    genres separated by `|` (or a single genre); `year` is optional.
     """
 
     items_path: Path
@@ -135,7 +161,12 @@ class TableLoader:
 
     def load(self) -> Dataset:
         items = [
-            {"item_id": str(r["item_id"]), "title": str(r["title"]), "category": str(r.get("category", ""))}
+            {
+                "item_id": str(r["item_id"]),
+                "title": str(r["title"]),
+                "category": [c.strip() for c in str(r.get("category") or "").split("|") if c.strip()],
+                "year": int(float(r["year"])) if str(r.get("year") or "").strip() not in ("", "nan") else None,
+            }
             for r in self._rows(self.items_path)
         ]
         inter = [

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from transformers import PreTrainedModel
 
-from pipeline.artifacts import build_tokenizer, new_model, write_version
+from pipeline.artifacts import build_tokenizer, new_llama_model, new_model, write_version
 
 _SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi", "pe", "sa", "do", "fu", "gi", "ho", "ja", "bu")
 _CATEGORIES = ("action", "comedy", "drama", "horror", "romance", "thriller", "documentary", "animation")
@@ -35,6 +36,23 @@ def random_sids(n_items: int, codebook_sizes: Sequence[int], rng: np.random.Gene
     return np.asarray(rows, dtype=np.int32).reshape(n_items, len(sizes))
 
 
+def random_variable_sids(n_items: int, codebook_sizes: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """n unique variable-length SIDs (1..L codes, -1 after the last): the first n of a skewed fixed-length
+    catalog, each cut to a random length; a SID may be a prefix of others."""
+    sizes = [int(s) for s in codebook_sizes]
+    full = random_sids(min(int(np.prod(sizes)), 4 * n_items), sizes, rng)
+    seen: set[tuple[int, ...]] = set()
+    rows = []
+    for row in full.tolist():
+        sid = tuple(row[: int(rng.integers(1, len(sizes) + 1))])
+        if sid not in seen:
+            seen.add(sid)
+            rows.append([*sid, *([-1] * (len(sizes) - len(sid)))])
+        if len(rows) == n_items:
+            break
+    return np.asarray(rows, dtype=np.int32).reshape(len(rows), len(sizes))
+
+
 def _word(rng: np.random.Generator) -> str:
     return "".join(_SYLLABLES[i] for i in rng.integers(0, len(_SYLLABLES), size=int(rng.integers(2, 4))))
 
@@ -50,23 +68,34 @@ def build_synthetic_version(
     model_name: str = "synthetic",
     version: str = "1",
     overwrite: bool = True,
+    arch: str = "qwen2",
+    variable_length: bool = False,
 ) -> Path:
+    """``arch``: "qwen2" (head_dim 32) or "llama" (same width, 2 heads over 1 KV head). ``variable_length``: SIDs
+    of 1..L codes (as many items as fit, up to ``n_items``)."""
     rng = np.random.default_rng(seed)
-    sids = random_sids(n_items, codebook_sizes, rng)
+    sids = (random_variable_sids if variable_length else random_sids)(n_items, codebook_sizes, rng)
+    n_items = len(sids)
     vocab_words = sorted({_word(rng) for _ in range(200)})
-    items = []
+    items: list[dict[str, object]] = []
     for i in range(n_items):
         title = " ".join(rng.choice(vocab_words, size=int(rng.integers(1, 4)), replace=False))
-        items.append({"item_id": str(i + 1), "title": title, "category": _CATEGORIES[i % len(_CATEGORIES)]})
+        # attributes for filter tests: one or two genres (a list, like the default model's), a release year
+        genres = {_CATEGORIES[i % len(_CATEGORIES)], _CATEGORIES[(i * 3 + 1) % len(_CATEGORIES)] if i % 3 else ""}
+        items.append({"item_id": str(i + 1), "title": title, "category": sorted(genres - {""}), "year": 1950 + i % 70})
     words = vocab_words + list(_CATEGORIES)
     vocab = build_tokenizer(codebook_sizes, words).get_vocab_size(with_added_tokens=True)
-    model = new_model(vocab, hidden=hidden, layers=layers, seed=seed)
+    model: PreTrainedModel
+    if arch == "llama":
+        model = new_llama_model(vocab, hidden=hidden, layers=layers, heads=2, kv_heads=1, intermediate=2 * hidden)
+    else:
+        model = new_model(vocab, hidden=hidden, layers=layers, seed=seed)
     queries = []
     for k in range(20):
         target = items[int(rng.integers(0, n_items))]
         history = [items[int(j)]["item_id"] for j in rng.integers(0, n_items, size=int(rng.integers(0, 5)))]
         task = ("search", "next_item", "personalised_search")[k % 3]
-        query = None if task == "next_item" else title_query(target["title"])
+        query = None if task == "next_item" else title_query(str(target["title"]))
         queries.append(
             {
                 "query": query,
@@ -86,6 +115,7 @@ def build_synthetic_version(
         model=model,
         eval_queries=queries,
         eval_metrics={"note": "synthetic random-init version; no metrics"},
+        variable_length=variable_length,
         build_info={"dataset": "synthetic", "n_items": n_items},
         seed=seed,
         overwrite=overwrite,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from pipeline import packing
 from pipeline.tokens import PAD
 
 
@@ -107,3 +110,120 @@ def train(
         "final_loss_ema": round(ema or 0, 4),
         "seconds": round(time.time() - t0, 1),
     }
+
+
+@dataclass
+class PackedConfig:
+    """Packed training (pipeline.packing) with model selection on a validation split."""
+
+    max_epochs: float = 8.0
+    segment_targets: int = 32  # targets per packed segment
+    batch_segments: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_frac: float = 0.1
+    eval_every: float = 1.0  # epochs between validations
+    patience: int = 2  # validations without a gain before stopping
+    log_every_s: float = 30.0
+    seed: int = 0
+
+
+def _optimizer(model: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+    )
+
+
+def packed_loss(model: Any, batch: packing.Batch) -> torch.Tensor:
+    hidden = packing.hidden_states(model, batch)
+    sel = batch.labels != -100
+    return torch.nn.functional.cross_entropy(model.lm_head(hidden[sel]), batch.labels[sel])
+
+
+def train_packed(
+    model: Any,
+    make_epoch: Callable[[random.Random], list[packing.Segment]],
+    cfg: PackedConfig,
+    validate: Callable[[Any], dict],
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train on packed segments; validate every `eval_every` epochs (validate(model) -> {"score": ...});
+    keep the best-scoring weights; stop after `patience` validations without a gain or at max_epochs.
+    The learning rate follows warm-up + cosine over max_epochs (to min_lr_frac)."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    opt = _optimizer(model, cfg.lr, cfg.weight_decay)
+    epoch_batches = packing.batches(make_epoch(rng), cfg.batch_segments, rng)
+    steps_per_epoch = len(epoch_batches)
+    total = max(1, round(cfg.max_epochs * steps_per_epoch))
+    eval_steps = max(1, round(cfg.eval_every * steps_per_epoch))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    best: dict | None = None
+    best_state: dict | None = None
+    curve: list[dict] = []
+    since = 0
+    step, t0, last_log, ema, targets = 0, time.time(), time.time(), None, 0
+    while step < total:
+        if not epoch_batches:
+            epoch_batches = packing.batches(make_epoch(rng), cfg.batch_segments, rng)
+        segs = epoch_batches.pop(0)
+        model.train()
+        loss = packed_loss(model, packing.collate(segs))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        targets += sum(s.n_targets for s in segs)
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        now = time.time()
+        if now - last_log >= cfg.log_every_s:
+            rate = step / (now - t0)
+            log(
+                f"  train step {step}/{total} epoch {step / steps_per_epoch:.2f} loss {ema:.4f} "
+                f"lr {lr_at(step - 1):.2e} {targets / (now - t0):.0f} targets/s ETA {(total - step) / rate:.0f}s"
+            )
+            last_log = now
+        if step % eval_steps == 0 or step == total:
+            model.eval()
+            v = validate(model)
+            v = {"epoch": round(step / steps_per_epoch, 3), "step": step, **v}
+            curve.append(v)
+            gain = best is None or v["score"] > best["score"]
+            if gain:
+                best, best_state, since = v, copy.deepcopy(model.state_dict()), 0
+            else:
+                since += 1
+            log(f"  validation at epoch {v['epoch']}: {_fmt(v)}{'  (best)' if gain else ''}")
+            if since >= cfg.patience:
+                log(f"  early stop: {since} validations without a gain")
+                break
+    assert best is not None and best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    return {
+        "config": asdict(cfg),
+        "steps_per_epoch": steps_per_epoch,
+        "steps_run": step,
+        "best": best,
+        "valid_curve": curve,
+        "final_loss_ema": round(ema or 0, 4),
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def _fmt(v: dict) -> str:
+    return "  ".join(f"{k} {x:.4f}" if isinstance(x, float) else f"{k} {x}" for k, x in v.items() if k != "step")

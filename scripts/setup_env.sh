@@ -24,7 +24,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
-if python -c 'import vllm, service, fastapi, locust, pytest, hypothesis, sentence_transformers, recbole' 2>/dev/null \
+if python -c 'import vllm, service, fastapi, locust, pytest, hypothesis, schemathesis, psutil, sentence_transformers, recbole' 2>/dev/null \
    && ! python -c 'import torchvision' 2>/dev/null; then
   echo "setup_env: .venv is complete"
   exit 0

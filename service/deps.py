@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from service.admission import Admission
 from service.catalog.repo import ModelVersion
 from service.catalog.store import CatalogStore
 from service.metrics import Metrics
+from service.pagination import Paginator
 from service.readiness import Readiness
 from service.retrieval import Retriever
 from service.settings import Settings
@@ -22,6 +24,8 @@ class Services:
     store: CatalogStore
     retriever: Retriever
     readiness: Readiness
+    admission: Admission
+    paginator: Paginator
 
 
 def get_services(request: Request) -> Services:

@@ -1,6 +1,7 @@
 """A private ``redis-server`` on a loopback port: for the no-Docker stack, the load tests and the test suite.
 
-No persistence (``--save ""``, no AOF): the catalog is rebuilt from model_repo/ by the loader or the gateway.
+No persistence by default (``--save ""``, no AOF): the catalog is rebuilt from model_repo/ by the loader or the
+gateway. ``append_only=True`` keeps an AOF, for what only Redis holds: the live catalog's change log.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class RedisProcess:
     port: int
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
+    append_only: bool = False  # AOF in ``workdir`` (fsync always): the data survives a restart on the same dir
 
     @property
     def url(self) -> str:
@@ -36,8 +38,25 @@ class RedisProcess:
         if binary is None:
             raise RuntimeError("redis-server not found on PATH (Debian: apt-get install redis-server)")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--maxmemory-policy", "noeviction", "--loglevel", "warning"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.append_only else "no",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.workdir),
+                "--maxmemory-policy",
+                "noeviction",
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
         )
         import redis

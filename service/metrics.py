@@ -60,6 +60,8 @@ STAGE_BUCKETS = (
     2.0,
     5.0,
 )
+# Refusals (429/401/413) must take well under 10 ms: resolve the sub-millisecond range.
+REFUSAL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 SIZE_BUCKETS = (1, 2, 4, 5, 8, 10, 16, 20, 32, 50, 64, 100, 128, 256)
 
 
@@ -67,6 +69,7 @@ SIZE_BUCKETS = (1, 2, 4, 5, 8, 10, 16, 20, 32, 50, 64, 100, 128, 256)
 class Metrics:
     registry: CollectorRegistry
     request_latency: Histogram
+    refusal_latency: Histogram
     stage_latency: Histogram
     requests: Counter
     in_flight: Gauge
@@ -77,6 +80,16 @@ class Metrics:
     engine_requests: Counter
     ready: Gauge
     catalog_loads: Counter
+    step_queries: Histogram
+    catalog_revision: Gauge
+    catalog_changes: Counter
+    catalog_resets: Counter
+    catalog_rejected: Counter
+    admission_limit: Gauge
+    admission_beams: Gauge
+    admission_rejections: Counter
+    engine_requests_in_flight: Gauge
+    catalog_missing: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -85,8 +98,14 @@ class Metrics:
             registry=r,
             request_latency=Histogram(
                 "gr_request_latency_seconds",
-                "End-to-end /retrieve latency inside the gateway.",
+                "End-to-end /retrieve latency inside the gateway (not of 401/413/429 refusals nor 499s).",
                 buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            refusal_latency=Histogram(
+                "gr_refusal_latency_seconds",
+                "Latency inside the gateway of /retrieve refusals before any work (401, 413, 429).",
+                buckets=REFUSAL_BUCKETS,
                 registry=r,
             ),
             stage_latency=Histogram(
@@ -119,5 +138,45 @@ class Metrics:
             ready=Gauge("gr_ready", "1 when /readyz would answer 200, else 0.", registry=r),
             catalog_loads=Counter(
                 "gr_catalog_loads_total", "Catalog loads into Redis performed by this process.", registry=r
+            ),
+            catalog_revision=Gauge(
+                "gr_catalog_revision", "Live-catalog revision this gateway and its engine serve.", registry=r
+            ),
+            catalog_changes=Counter(
+                "gr_catalog_changes_applied_total", "Catalog changes applied (gateway and engine).", registry=r
+            ),
+            catalog_resets=Counter(
+                "gr_catalog_resets_total",
+                "Times Redis's change log went backwards (Redis lost data) and the catalog went back to the version's.",
+                registry=r,
+            ),
+            catalog_rejected=Counter(
+                "gr_catalog_changes_rejected_total",
+                "Catalog changes in the log that could not apply to the served version (skipped; logged).",
+                registry=r,
+            ),
+            step_queries=Histogram(
+                "gr_engine_step_queries",
+                "In-engine search: queries searched together in the engine step that served a request.",
+                buckets=SIZE_BUCKETS,
+                registry=r,
+            ),
+            admission_limit=Gauge(
+                "gr_admission_limit_beams", "Admission bound: beams allowed in flight (0: unbounded).", registry=r
+            ),
+            admission_beams=Gauge(
+                "gr_admission_beams_in_flight", "Beams of the admitted /retrieve requests in flight.", registry=r
+            ),
+            admission_rejections=Counter(
+                "gr_admission_rejections_total", "/retrieve requests refused with 429 by admission control.", registry=r
+            ),
+            # Read from the engine at scrape time (bound in the app lifespan): orphaned engine work shows here.
+            engine_requests_in_flight=Gauge(
+                "gr_engine_requests_in_flight", "Requests inside the vLLM engine (unfinished) now.", registry=r
+            ),
+            catalog_missing=Counter(
+                "gr_catalog_missing_total",
+                "Requests that found Redis without this gateway's catalog (answered 503; reload triggered).",
+                registry=r,
             ),
         )

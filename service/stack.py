@@ -2,7 +2,13 @@
 
 Starts a private ``redis-server`` (no persistence: the catalog is rebuilt from model_repo/), runs the
 one-shot catalog loader, starts the gateway, waits until ``/readyz`` is 200, sends one example request,
-then serves until Ctrl-C (or until a child dies), and shuts everything down in reverse order.
+then serves until Ctrl-C, and shuts everything down in reverse order.
+
+Restart policy (``--restart on-failure``, the default; like compose's ``restart:`` and Kubernetes' pod restarts):
+a gateway that exits non-zero (75: its vLLM engine core died) is started again after a back-off of 1, 2, 4 ...
+seconds (at most 30), up to ``--max-restarts`` times in a row without a ready gateway in between; then the
+stack gives up with status 1. A gateway that exits 0 (it was told to stop) and a dead redis-server end the
+stack. ``--restart no``: any exit ends the stack.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ class Stack:
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         print(f"[stack] starting {name}: {' '.join(cmd)}", flush=True)
         proc = subprocess.Popen(cmd, env=env)  # children write to our stdout/stderr: one log stream
-        self.procs.append((name, proc))
+        self.procs = [(n, p) for n, p in self.procs if n != name] + [(name, proc)]  # a restart replaces it
         return proc
 
     def stop(self) -> None:
@@ -67,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-port", type=int, default=0, help="port of the private redis-server (0: a free one)")
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--exit-after-ready", action="store_true", help="stop once the example request succeeded")
+    p.add_argument(
+        "--restart",
+        choices=["on-failure", "no"],
+        default="on-failure",
+        help="restart a gateway that exits non-zero (default), or stop the stack",
+    )
+    p.add_argument("--max-restarts", type=int, default=5, help="consecutive restarts before giving up")
     args = p.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="gr-stack-"))
@@ -106,11 +119,31 @@ def main(argv: list[str] | None = None) -> int:
         if args.exit_after_ready:
             return 0 if status == 200 else 1
         print("[stack] serving; Ctrl-C to stop", flush=True)
+        restarts = 0
         while not stopping:
-            if (dead := stack.first_dead()) is not None:
-                print(f"[stack] {dead[0]} exited with {dead[1]}; stopping", file=sys.stderr)
+            dead = stack.first_dead()
+            if dead is None:
+                time.sleep(0.5)
+                continue
+            name, code = dead
+            if name != "gateway" or code == 0 or args.restart == "no" or restarts >= args.max_restarts:
+                print(f"[stack] {name} exited with {code}; stopping", file=sys.stderr, flush=True)
                 return 1
-            time.sleep(0.5)
+            delay = min(30.0, 2.0**restarts)
+            restarts += 1
+            print(
+                f"[stack] gateway exited with {code}; restart {restarts}/{args.max_restarts} in {delay:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(delay)
+            gateway = stack.start("gateway", gateway_cmd, env)
+            try:
+                wait_ready(base, gateway, args.ready_timeout)
+                print(f"[stack] gateway ready again at {base}", flush=True)
+                restarts = 0
+            except RuntimeError as e:
+                print(f"[stack] {e}", file=sys.stderr, flush=True)
         return 0
     except KeyboardInterrupt:
         return 0

@@ -12,6 +12,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ERROR_CODE_KEY = "gr_error_code"  # set on request.state by the error handlers
+STATUS_KEY = "gr_status"  # set by the guard when no response could be sent (the client went away: 499)
+# Refused before any work (auth, body size, admission) or never answered: kept out of the latency histogram, so
+# that a flood of 1 ms 429s cannot make the latency objective look met (they are counted in gr_requests_total).
+NOT_TIMED = frozenset({401, 413, 429, 499})
 
 
 class RetrieveMetrics:
@@ -42,6 +46,13 @@ class RetrieveMetrics:
             await self.app(scope, receive, send_and_record)
         finally:
             metrics.in_flight.dec()
-            metrics.request_latency.observe(time.perf_counter() - t0)
-            code = scope.get("state", {}).get(ERROR_CODE_KEY) or ("ok" if status < 400 else "error")
+            state = scope.get("state", {})
+            status = state.get(STATUS_KEY, status)
+            elapsed = time.perf_counter() - t0
+            if status not in NOT_TIMED:
+                metrics.request_latency.observe(elapsed)
+            elif status != 499:
+                metrics.refusal_latency.observe(elapsed)
+            # Both labels come from fixed sets (error classes' codes, the statuses we send), never from input.
+            code = state.get(ERROR_CODE_KEY) or ("ok" if status < 400 else "error")
             metrics.requests.labels(code, str(status)).inc()

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from service.catalog.repo import RepoError, load_version, resolve_version_dir
-from service.catalog.store import CatalogStore, connect
+from service.catalog.store import CatalogStore, connect, redacted
 from service.settings import Settings
 
 
@@ -28,7 +28,7 @@ async def run(settings: Settings, force: bool) -> int:
         verb = "loaded" if stats.loaded else "already live:"
         print(
             f"{verb} {version.model}/{version.version} catalog {version.catalog_version}: "
-            f"{stats.items} items in {stats.seconds:.2f}s -> {settings.redis_url}"
+            f"{stats.items} items in {stats.seconds:.2f}s -> {redacted(settings.redis_url)}"
         )
         return 0
     finally:

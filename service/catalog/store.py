@@ -13,11 +13,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from service.catalog.repo import ModelVersion
+from service.errors import CatalogUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class CatalogStore:
         self.ns = f"gr:{model}:{catalog_version}:"
         self.live_key = f"gr:{model}:live"
         self.lock_key = f"gr:{model}:load-lock"
+        # Set when a lookup finds the catalog gone; the readiness watcher waits on it to reload at once.
+        self.catalog_missing = asyncio.Event()
 
     @property
     def _cluster(self) -> bool:
@@ -60,26 +64,46 @@ class CatalogStore:
     async def lookup(
         self, sids: Sequence[Sequence[int]], history: Sequence[str]
     ) -> tuple[list[str | None], list[tuple[int, ...] | None]]:
-        """Items of ``sids`` and SIDs of ``history`` items, in one round trip (None where unknown)."""
-        keys = [self.sid_key(c) for c in sids] + [self.item_key(h) for h in history]
-        if not keys:
-            return [], []
+        """Items of ``sids`` and SIDs of ``history`` items, in one round trip (None where unknown).
+
+        The live-version marker is read in the same ``MGET``: a Redis that restarted empty or was flushed
+        answers None for every key, which must not pass for "no such item" (an empty result served as a
+        success). Without this version's marker the lookup raises ``CatalogUnavailable`` and wakes the reloader.
+        (The loader writes the marker last, so a catalog being reloaded is also refused until it is whole.)
+        """
+        keys = [self.live_key] + [self.sid_key(c) for c in sids] + [self.item_key(h) for h in history]
         if self._cluster:
             values = await self.redis.mget_nonatomic(keys)  # type: ignore[union-attr]
         else:
             values = await self.redis.mget(keys)
         decoded = [v.decode() if isinstance(v, bytes) else v for v in values]
-        items = decoded[: len(sids)]
-        hist = [tuple(int(x) for x in v.split(".")) if v else None for v in decoded[len(sids) :]]
+        if decoded[0] != self.catalog_version:
+            self.catalog_missing.set()
+            if decoded[0] is None:
+                raise CatalogUnavailable("the catalog is not loaded in Redis (restarted or flushed); reloading")
+            raise CatalogUnavailable(f"Redis serves catalog {decoded[0]}, this replica {self.catalog_version}")
+        items = decoded[1 : 1 + len(sids)]
+        hist = [tuple(int(x) for x in v.split(".")) if v else None for v in decoded[1 + len(sids) :]]
         return items, hist
+
+    async def is_loaded(self, version: ModelVersion) -> bool:
+        """Whether this namespace holds the whole catalog (its ``meta`` record is written after every key)."""
+        count = await self.redis.hget(f"{self.ns}meta", "item_count")
+        return count is not None and int(count) == version.item_count
 
     async def live_version(self) -> str | None:
         v = await self.redis.get(self.live_key)
         return v.decode() if isinstance(v, bytes) else v
 
     # ------------------------------------------------------------------ loading
-    async def load(self, version: ModelVersion, *, force: bool = False, wait_s: float = 120.0) -> LoadStats:
-        """Load ``version``'s catalog unless it is already live; idempotent and safe across replicas."""
+    async def load(
+        self, version: ModelVersion, *, force: bool = False, wait_s: float = 120.0, set_live: bool = True
+    ) -> LoadStats:
+        """Load ``version``'s catalog unless it is already live; idempotent and safe across replicas.
+
+        ``set_live=False`` writes the keys (and the namespace's ``meta`` record, last) without touching the
+        live-version marker: a version switch loads first and flips the marker separately.
+        """
         if version.catalog_version != self.catalog_version:
             raise ValueError("store namespace and model version disagree")
         started = time.perf_counter()
@@ -88,6 +112,8 @@ class CatalogStore:
         while True:
             if not force and await self.live_version() == self.catalog_version:
                 return LoadStats(version.item_count, time.perf_counter() - started, loaded=False)
+            if not force and not set_live and await self.is_loaded(version):
+                return LoadStats(version.item_count, time.perf_counter() - started, loaded=False)
             if await self.redis.set(self.lock_key, token, nx=True, px=LOCK_TTL_MS):
                 break
             if time.monotonic() > deadline:
@@ -95,7 +121,8 @@ class CatalogStore:
             await asyncio.sleep(0.2)  # another replica is loading: wait for its live marker
         try:
             await self._write_all(version)
-            await self.redis.set(self.live_key, self.catalog_version)
+            if set_live:
+                await self.redis.set(self.live_key, self.catalog_version)
         finally:
             # release only our own lock (it may have expired and been taken by another loader)
             if await self.redis.get(self.lock_key) in (token, token.encode()):
@@ -111,7 +138,7 @@ class CatalogStore:
             hi = min(n, lo + LOAD_BATCH)
             mapping: dict[str, str] = {}
             for item_id, codes in zip(ids[lo:hi], sids[lo:hi].tolist(), strict=True):
-                part = sid_key_part(codes)
+                part = sid_key_part([c for c in codes if c >= 0])  # variable-length SIDs are padded with -1
                 mapping[f"{self.ns}s:{part}"] = item_id
                 mapping[f"{self.ns}i:{item_id}"] = part
             if self._cluster:
@@ -130,7 +157,20 @@ class CatalogStore:
         )
 
 
+def redacted(url: str) -> str:
+    """``url`` for logs: the password (``redis://:secret@host``, ``rediss://user:secret@host``) and the query
+    (which may carry TLS file paths) replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
 def connect(url: str, *, cluster: bool, timeout_s: float, pool_size: int) -> AnyRedis:
+    """A client for ``url``. Password and TLS come with the URL: ``redis://:PASSWORD@host:6379/0``,
+    ``rediss://host:6380/0?ssl_ca_certs=/etc/gr/ca.pem`` (``ssl_cert_reqs``, ``ssl_certfile``, ``ssl_keyfile``
+    likewise); redis-py parses them."""
     if cluster:
         return RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, max_connections=pool_size)

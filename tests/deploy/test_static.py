@@ -296,11 +296,12 @@ def test_compose_gateways():
         assert "/readyz" in " ".join(svc["healthcheck"]["test"])
 
 
-def test_compose_redis_never_evicts_catalog_keys():
+def test_compose_redis_never_evicts_catalog_keys_and_keeps_the_change_log():
     redis = _compose()["services"]["redis"]
     cmd = redis["command"]
     assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
-    assert cmd[cmd.index("--appendonly") + 1] == "no"
+    assert cmd[cmd.index("--appendonly") + 1] == "yes"  # the live catalog's changes exist only in Redis
+    assert any(v.endswith(":/data") for v in redis["volumes"])
     assert "redis-cli" in redis["healthcheck"]["test"]
 
 
@@ -419,3 +420,35 @@ def test_service_selects_the_deployment_pods():
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+# ------------------------------------------------------------------------------------ restarts (RELIABILITY.md)
+def test_every_layer_restarts_a_gateway_that_exits_non_zero():
+    """The gateway exits 75 when its engine core dies; each supervisor must start it again."""
+    for name, svc in _compose()["services"].items():
+        if "gateway" in svc.get("networks", {}).get("default", {}).get("aliases", []):
+            assert svc.get("restart") in {"always", "unless-stopped", "on-failure"}, name
+    pod = _workload("Deployment", "gr-serve")["spec"]["template"]["spec"]
+    assert pod.get("restartPolicy", "Always") == "Always"
+    text = DOCKERFILE.read_text()
+    # tini as PID 1 passes the gateway's exit status on, so the container exits with it
+    assert re.search(r'^ENTRYPOINT \["/usr/bin/tini", "--"\]$', text, re.M)
+    from service.app import EXIT_ENGINE_DEAD
+    from service.stack import main as stack_main
+
+    assert EXIT_ENGINE_DEAD != 0 and stack_main.__module__ == "service.stack"
+    assert "--restart" in (ROOT / "service" / "stack.py").read_text()
+
+
+def test_hpa_target_is_below_the_admission_bound():
+    """Pods refuse work past GR_MAX_CONCURRENT_BEAMS; the HPA must scale before that, not after."""
+    (cm,) = [o for o in _k8s_objects() if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "gr-serve-config"]
+    settings = Settings(**{k[3:].lower(): v for k, v in cm["data"].items() if k.startswith("GR_")})
+    queries = settings.max_concurrent_beams / settings.default_beam_width
+    hpa = _workload("HorizontalPodAutoscaler", "gr-serve")
+    (target,) = [
+        float(m["pods"]["target"]["averageValue"])
+        for m in hpa["spec"]["metrics"]
+        if m["type"] == "Pods" and m["pods"]["metric"]["name"] == "gr_requests_in_flight"
+    ]
+    assert settings.max_concurrent_beams == 0 or target <= 0.8 * queries, (target, queries)

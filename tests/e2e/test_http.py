@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -44,16 +45,17 @@ def test_history_debug_and_ignored_items(gateway: Gateway, synthetic_root: Path)
     assert [len(step) for step in dbg["steps"]][-1] == 5 and len(dbg["steps"]) == 4
     last = dbg["steps"][-1]
     assert [b["score"] for b in last[:3]] == [it["score"] for it in body["items"]]
-    # one engine request per live beam and level, except beams whose trie node has a single child
-    assert dbg["engine_requests"] == 1 + sum(
-        sum(len(_children(b["token_ids"], sids)) > 1 for b in step) for step in dbg["steps"][:-1]
+    # the whole search is one engine request; the decoder ran only beams whose SID still branched
+    assert dbg["search_mode"] == "engine" and dbg["engine_requests"] == 1
+    assert dbg["decoder_rows"] == sum(
+        sum(_leaves_below(b["token_ids"], sids) > 1 for b in step) for step in dbg["steps"][:-1]
     )
 
 
-def _children(prefix_tokens: list[int], sids: set[tuple[int, ...]]) -> set[int]:
+def _leaves_below(prefix_tokens: list[int], sids: set[tuple[int, ...]]) -> int:
     offsets = (7, 15, 23, 31)  # the synthetic version's token_offsets (codebooks 8, 8, 8, 4)
     prefix = tuple(t - offsets[i] for i, t in enumerate(prefix_tokens))
-    return {s[len(prefix)] for s in sids if s[: len(prefix)] == prefix}
+    return sum(s[: len(prefix)] == prefix for s in sids)
 
 
 @pytest.mark.parametrize(
@@ -91,8 +93,8 @@ def test_non_json_body(gateway: Gateway) -> None:
 
 def test_metrics_are_parseable_and_count_requests(gateway: Gateway) -> None:
     with gateway.client() as c:
-        c.post("/retrieve", json={"query": "kalo"})
-        c.post("/retrieve", json={"query": "kalo", "top_k": 0})  # rejected by the retriever
+        c.post("/retrieve", json={"query": "kalo mine"})
+        c.post("/retrieve", json={"query": "kalo mine", "top_k": 0})  # rejected by the retriever
         c.post("/retrieve", json={"query": 5})  # rejected by body validation, before the route runs
         text = c.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -136,11 +138,87 @@ def test_readyz_follows_redis_and_catalog_is_reloaded(gateway: Gateway) -> None:
         gateway.redis.stop()
         r = c.get("/readyz")
         assert r.status_code == 503 and any("Redis unreachable" in x for x in r.json()["reasons"])
-        r = c.post("/retrieve", json={"query": "kalo"})
+        r = c.post("/retrieve", json={"query": "kalo mine"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
         gateway.redis.start()  # empty: no persistence, no live marker
         deadline = time.monotonic() + 30
         while c.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "gateway did not reload the catalog into the new Redis"
             time.sleep(0.2)
-        assert c.post("/retrieve", json={"query": "kalo"}).status_code == 200
+        assert c.post("/retrieve", json={"query": "kalo mine"}).status_code == 200
+
+
+def test_filters_and_exclusions_over_http(gateway: Gateway) -> None:
+    with gateway.client() as c:
+        everything = c.post("/retrieve", json={"query": "kalo mine", "top_k": 10}).json()
+        assert everything["catalog_revision"] >= 0 and everything["matching_items"] == 300
+        first = everything["items"][0]["item_id"]
+        r = c.post("/retrieve", json={"query": "kalo mine", "top_k": 10, "exclude_items": [first, "no-such-item"]})
+        assert r.status_code == 200 and first not in [it["item_id"] for it in r.json()["items"]]
+        assert r.json()["matching_items"] == 299
+        # year = 1950 + i % 70 for the 300 synthetic items: 8 items from 2018 on, fewer than top_k
+        r = c.post("/retrieve", json={"query": "kalo mine", "top_k": 10, "filters": {"year": {"gte": 2018}}})
+        body = r.json()
+        assert r.status_code == 200 and body["matching_items"] == len(body["items"]) == 8
+        r = c.post("/retrieve", json={"history": ["3", "17"], "top_k": 5, "exclude_history": True})
+        assert not {"3", "17"} & {it["item_id"] for it in r.json()["items"]}
+        r = c.post("/retrieve", json={"query": "kalo mine", "filters": {"category": ["none-such"]}})
+        assert r.status_code == 200 and r.json()["items"] == [] and r.json()["matching_items"] == 0
+        for filters, field in (({"colour": ["red"]}, "filters.colour"), ({"year": ["1990"]}, "filters.year")):
+            r = c.post("/retrieve", json={"query": "kalo mine", "filters": filters})
+            assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+
+
+def test_pages_of_one_search_are_one_ranked_list_even_if_the_catalog_changes(
+    gateway: Gateway, synthetic_root: Path
+) -> None:
+    import redis as redis_lib
+
+    from service.catalog.admin import Admin
+    from service.settings import Settings
+
+    body = {"query": "kalo mine", "history": ["3"]}
+    with gateway.client() as c:
+        whole = c.post("/retrieve", json={**body, "top_k": 64, "beam_width": 64}).json()
+        first = c.post("/retrieve", json={**body, "page_size": 7}).json()
+        pages, cursor = [first], first["next_cursor"]
+        # a catalog change between pages: later pages still come from the first page's list and revision
+        version = load_version(synthetic_root / "synthetic" / "1")
+        revision = first["catalog_revision"]
+
+        async def flip(op: str, item: str) -> None:
+            settings = Settings(redis_url=gateway.redis.url, model_repo=synthetic_root, model_name="synthetic")
+            admin = Admin(settings, version)
+            try:
+                await admin.flip(op, [item])
+                assert not await admin.wait_applied(await admin.log.revision(), 10)
+            finally:
+                await admin.close()
+
+        late = whole["items"][20]["item_id"]
+        asyncio.run(flip("delist", late))
+        while cursor is not None:
+            page = c.post("/retrieve", json={"cursor": cursor, "page_size": 7}).json()
+            assert page["catalog_revision"] == revision and len(page["items"]) <= 7
+            pages.append(page)
+            cursor = page["next_cursor"]
+        ids = [it["item_id"] for p in pages for it in p["items"]]
+        assert ids == [it["item_id"] for it in whole["items"]] and len(set(ids)) == len(ids) == 64
+        assert late in ids  # served from the stored list, not the changed catalog
+        # a cursor that is gone: 410, in the one error schema
+        token = first["next_cursor"].rsplit(".", 1)[0]
+        redis_lib.Redis.from_url(gateway.redis.url).delete(f"gr:synthetic:cursor:{token}")
+        r = c.post("/retrieve", json={"cursor": first["next_cursor"], "page_size": 7})
+        assert r.status_code == 410 and r.json()["error"]["code"] == "cursor_expired"
+        r = c.post("/retrieve", json={"cursor": "x.3", "query": "kalo mine"})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "query"
+        asyncio.run(flip("relist", late))  # leave the shared gateway's catalog as it was
+
+
+def test_exact_mode_certifies_over_http(gateway: Gateway) -> None:
+    with gateway.client() as c:
+        r = c.post("/retrieve", json={"query": "kalo mine", "top_k": 3, "beam_width": 5, "exact": True})
+        body = r.json()
+        assert r.status_code == 200 and body["exact"] is True and len(body["items"]) == 3
+        wide = c.post("/retrieve", json={"query": "kalo mine", "top_k": 3, "beam_width": 64}).json()
+        assert [it["item_id"] for it in body["items"]] == [it["item_id"] for it in wide["items"]]

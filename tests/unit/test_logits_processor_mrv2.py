@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from service.catalog.repo import ModelVersion, load_version
-from service.engine.constraint import OPT_OUT_KEY, SidConstraint, load_constraint
-from service.engine.logits_processor_mrv2 import TrieMaskCore
+from service.engine.requests.constraint import OPT_OUT_KEY, SidConstraint, load_constraint
+from service.engine.requests.logits_processor_mrv2 import TrieMaskCore
 
 VOCAB_PAD = 7  # logits wider than the last token id, like a padded LM head
 
@@ -163,7 +163,7 @@ def core_factory(v: ModelVersion):
 
 
 def subclass_factory(v: ModelVersion):
-    mod = pytest.importorskip("service.engine.logits_processor_mrv2")
+    mod = pytest.importorskip("service.engine.requests.logits_processor_mrv2")
     cls = getattr(mod, "TrieLogitsProcessorMRV2", None)
     if cls is None:
         pytest.skip("this vLLM build has no MRV2 interface")
@@ -253,7 +253,7 @@ def test_speculative_rows_see_their_drafts(version: ModelVersion, make_proc) -> 
 
 def test_matches_v1_adapter(version: ModelVersion) -> None:
     """Same masks as the V1 adapter for the same requests (the two deployments must agree)."""
-    lp = pytest.importorskip("service.engine.logits_processor")
+    lp = pytest.importorskip("service.engine.requests.logits_processor")
     from vllm.v1.sample.logits_processor import BatchUpdate
 
     rng = random.Random(7)
@@ -280,11 +280,11 @@ def test_matches_v1_adapter(version: ModelVersion) -> None:
 
 def test_vllm_loader_accepts_the_class() -> None:
     loader = pytest.importorskip("vllm.v1.worker.gpu.sample.logits_processor.loader")
-    from service.engine.logits_processor_mrv2 import TrieLogitsProcessorMRV2
+    from service.engine.requests.logits_processor_mrv2 import TrieLogitsProcessorMRV2
 
-    fqcn = "service.engine.logits_processor_mrv2:TrieLogitsProcessorMRV2"
+    fqcn = "service.engine.requests.logits_processor_mrv2:TrieLogitsProcessorMRV2"
     assert loader._load_v2_logitsprocs_by_fqcns([TrieLogitsProcessorMRV2, fqcn]) == [TrieLogitsProcessorMRV2] * 2
-    from service.engine.logits_processor import TrieLogitsProcessor
+    from service.engine.requests.logits_processor import TrieLogitsProcessor
 
     with pytest.raises(ValueError):  # why the engine must not hand MRV2 the V1 class
         loader._load_v2_logitsprocs_by_fqcns([TrieLogitsProcessor])
@@ -305,8 +305,8 @@ def test_without_mrv2_interface_only_the_core_exists(monkeypatch: pytest.MonkeyP
     import sys
 
     monkeypatch.setitem(sys.modules, "vllm.v1.worker.gpu.sample.logits_processor", None)  # makes it unimportable
-    monkeypatch.delitem(sys.modules, "service.engine.logits_processor_mrv2")
-    mod = importlib.import_module("service.engine.logits_processor_mrv2")
+    monkeypatch.delitem(sys.modules, "service.engine.requests.logits_processor_mrv2")
+    mod = importlib.import_module("service.engine.requests.logits_processor_mrv2")
     assert hasattr(mod, "TrieMaskCore") and not hasattr(mod, "TrieLogitsProcessorMRV2")
     with pytest.raises(ImportError):
-        from service.engine.logits_processor_mrv2 import TrieLogitsProcessorMRV2  # noqa: F401
+        from service.engine.requests.logits_processor_mrv2 import TrieLogitsProcessorMRV2  # noqa: F401

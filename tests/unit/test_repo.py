@@ -77,3 +77,83 @@ def test_duplicate_sids_are_rejected_even_with_matching_hashes(version_dir: Path
 def test_unknown_model_or_version_is_named(tmp_path: Path) -> None:
     with pytest.raises(RepoError, match="model 'nope' not found"):
         resolve_version_dir(tmp_path, "nope", "latest")
+
+
+def _rehash(root: Path) -> None:
+    from service.catalog.repo import catalog_digest, sha256_file
+
+    m = json.loads((root / "manifest.json").read_text())
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    m["files"] = {rel: sha256_file(root / rel) for rel in sorted(files)}
+    m["catalog_version"] = catalog_digest(root)
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def _add_assigner(root: Path, **override: object) -> None:
+    from pipeline.artifacts import write_npz
+
+    m = json.loads((root / "manifest.json").read_text())
+    sizes = m["sid"]["codebook_sizes"]
+    rng = np.random.default_rng(0)
+    arrays = {f"centroids_{lvl}": rng.normal(size=(k, 6)).astype(np.float32) for lvl, k in enumerate(sizes[:-1])}
+    arrays["item_embeddings"] = rng.normal(size=(m["item_count"], 6)).astype(np.float32)
+    arrays.update(override.pop("arrays", {}))  # type: ignore[arg-type]
+    write_npz(root / "catalog" / "sid_assigner.npz", arrays)
+    entry = {
+        "kind": "residual_kmeans",
+        "embedding_model": "all-MiniLM-L6-v2",
+        "text_template": "{title}. {category}",
+        "semantic_levels": len(sizes) - 1,
+        "file": "catalog/sid_assigner.npz",
+        **override,
+    }
+    m["sid"]["assigner"] = entry
+    (root / "manifest.json").write_text(json.dumps(m))
+    _rehash(root)
+
+
+def test_version_without_assigner_has_none(version_dir: Path) -> None:
+    assert load_version(version_dir).sid_assigner() is None
+
+
+def test_assigner_loads_and_is_validated(version_dir: Path) -> None:
+    _add_assigner(version_dir)
+    a = load_version(version_dir).sid_assigner()
+    assert a is not None and len(a.centroids) == 3 and a.centroids[0].shape == (8, 6)
+    assert a.text_to_collab is None and a.item_embeddings is not None
+
+    _add_assigner(version_dir, semantic_levels=4)
+    with pytest.raises(RepoError, match="semantic_levels 4 != 3"):
+        load_version(version_dir)
+    _add_assigner(version_dir, kind="lsh")
+    with pytest.raises(RepoError, match=r"assigner\.kind"):
+        load_version(version_dir)
+    _add_assigner(version_dir, arrays={"centroids_1": np.zeros((5, 6), dtype=np.float32)})
+    with pytest.raises(RepoError, match=r"centroids_1 is float32\[5, 6\], expected float32\[8, dim\]"):
+        load_version(version_dir)
+    _add_assigner(version_dir, arrays={"text_to_collab": np.zeros((4, 3), dtype=np.float32)})
+    with pytest.raises(RepoError, match="text_to_collab"):
+        load_version(version_dir)
+    _add_assigner(version_dir, arrays={"text_to_collab": np.zeros((4, 2), dtype=np.float32)})
+    assert load_version(version_dir).sid_assigner().text_to_collab.shape == (4, 2)  # type: ignore[union-attr]
+
+
+def _rewrite_items(root: Path, change) -> None:
+    path = root / "catalog" / "items.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    change(rows[0])
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _rehash(root)
+
+
+def test_item_rows_category_list_and_year(version_dir: Path) -> None:
+    items = load_version(version_dir).read_items()
+    assert isinstance(items[0]["category"], list) and "year" in items[0]
+    _rewrite_items(version_dir, lambda r: r.update(category="Drama Comedy", year=1995))
+    load_version(version_dir)  # a plain string (version 1) and an integer year are fine
+    _rewrite_items(version_dir, lambda r: r.update(category=["Drama", 3]))
+    with pytest.raises(RepoError, match="line 1: category must be a string or a list of strings"):
+        load_version(version_dir)
+    _rewrite_items(version_dir, lambda r: r.update(category=["Drama"], year="1995"))
+    with pytest.raises(RepoError, match="line 1: year must be an integer or null"):
+        load_version(version_dir)

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.engine.trie import DEAD, SidTrie, TrieMasker
+from service.catalog.trie import DEAD, SidTrie, TrieMasker
 
 
 @st.composite
@@ -110,3 +110,32 @@ def test_only_child_matches_reference(cat: tuple[np.ndarray, tuple[int, ...]]) -
             kids = reference_children(sids, prefix)
             assert code == (next(iter(kids)) if len(kids) == 1 else -1)
     assert trie.only_child(0, np.array([DEAD])).tolist() == [-1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(catalogs())
+def test_search_trie_children_leaf_ranges_and_leaf_sids(cat: tuple[np.ndarray, tuple[int, ...]]) -> None:
+    """The device trie of the in-engine search: child ids by code, the SID count below a node, its first SID."""
+    from service.catalog.search_trie import SearchTrie
+
+    sids, sizes = cat
+    trie = SidTrie.build(sids, sizes)
+    st_ = SearchTrie(trie, torch.device("cpu"))
+    rows = sorted(tuple(int(x) for x in r) for r in sids)
+    assert [tuple(r) for r in st_.leaf_sids.tolist()] == rows
+    assert [tuple(int(x) for x in sids[i]) for i in trie.leaf_rows] == rows
+    for d in range(len(sizes)):
+        prefixes = sorted({r[:d] for r in rows})
+        nodes = torch.from_numpy(trie.walk(np.array(prefixes, dtype=np.int64).reshape(len(prefixes), d)))
+        kids = st_.children(d, nodes)
+        counts = st_.leaf_count(d, nodes).tolist()
+        firsts = st_.first_leaf(d, nodes).tolist()
+        for i, prefix in enumerate(prefixes):
+            below = [r for r in rows if r[:d] == prefix]
+            assert counts[i] == len(below) and rows[firsts[i]] == below[0]
+            for code in range(sizes[d]):
+                child = int(kids[i, code])
+                if code in reference_children(sids, prefix):
+                    assert child == int(trie.walk(np.array([[*prefix, code]], dtype=np.int64))[0])
+                else:
+                    assert child == -1

@@ -10,8 +10,11 @@ rank in sorted order is their node id. For the children of depth-``d`` nodes we 
   child's code is ``key % K_d``.
 
 That is two integer arrays per level and nothing per token of the vocabulary: 1M SIDs with L = 4 take
-~25 MB. Every query works on whole batches of rows with tensor ops; the only Python loops are over
-the L levels.
+~25 MB. Every query works on whole batches of rows with tensor ops; the only Python loops are over the L levels.
+
+Leaves (full SIDs) are numbered in sorted order, so the leaves under any node form one contiguous range
+``leaf_start[d][n]:leaf_start[d][n+1]``: its size says whether a prefix still branches, and a prefix sum of a
+per-leaf mask says in O(1) whether a node still leads to an allowed item.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class SidTrie:
     ptr: tuple[np.ndarray, ...]  # per depth 0..L-1
     key: tuple[np.ndarray, ...]  # per depth 0..L-1
     num_sids: int
+    leaf_rows: np.ndarray  # int64 [N]: catalog row of each leaf (leaves in sorted SID order)
+    leaf_start: tuple[np.ndarray, ...]  # per depth 0..L: int64 [nodes(d) + 1], first leaf under each node
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -72,7 +77,11 @@ class SidTrie:
             ptrs.append(np.concatenate(([0], np.cumsum(counts))).astype(np.int64))
             parent_ids = np.cumsum(first) - 1
             num_parents = int(first.sum())
-        return cls(length, sizes, tuple(ptrs), tuple(keys), n)
+        # Leaves are the depth-L nodes, numbered in sorted order; a node's first leaf is its first child's.
+        starts = [np.arange(n + 1, dtype=np.int64)]
+        for d in range(length - 1, -1, -1):
+            starts.append(starts[-1][ptrs[d]])
+        return cls(length, sizes, tuple(ptrs), tuple(keys), n, order.astype(np.int64), tuple(reversed(starts)))
 
     # ------------------------------------------------------------------ queries (numpy, any batch)
     def advance(self, depth: int, nodes: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -116,6 +125,11 @@ class SidTrie:
         """Codes of the children of one node (sorted); for tests and debugging."""
         lo, hi = self.ptr[depth][node], self.ptr[depth][node + 1]
         return self.key[depth][lo:hi] % self.codebook_sizes[depth]
+
+    def leaf_count(self, depth: int, nodes: np.ndarray) -> np.ndarray:
+        """Number of catalog SIDs below each node at ``depth`` (1 = the rest of the SID is determined)."""
+        nodes = np.asarray(nodes, dtype=np.int64)
+        return self.leaf_start[depth][nodes + 1] - self.leaf_start[depth][nodes]
 
     @property
     def nbytes(self) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from service.catalog.repo import ModelVersion, load_version
-from service.engine.trie import DEAD, SidTrie, TrieMasker
+from service.catalog.trie import DEAD, SidTrie, TrieMasker
 
 # ``SamplingParams.extra_args`` key; the value False opts a request out of the trie (both adapters).
 OPT_OUT_KEY = "gr_constrain"

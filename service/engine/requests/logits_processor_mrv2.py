@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from service.engine.constraint import SidConstraint, load_constraint, wants_constraint
+from service.engine.requests.constraint import SidConstraint, load_constraint, wants_constraint
 
 if TYPE_CHECKING:
     from vllm import SamplingParams

@@ -19,31 +19,17 @@ step's distribution is the model's softmax renormalised over the trie-allowed to
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from service.catalog.repo import SidSpec
-from service.engine.trie import SidTrie
+from service.catalog.trie import SidTrie
+from service.engine.result import Beam, SearchResult
 
 
 class NextTokenSource(Protocol):
     async def next_token_logprobs(self, prompt: list[int], k: int) -> list: ...  # list[TokenLogprob]
-
-
-@dataclass(frozen=True)
-class Beam:
-    codes: tuple[int, ...]
-    score: float
-
-
-@dataclass
-class SearchResult:
-    beams: list[Beam]  # complete SIDs, best first
-    steps: list[list[Beam]] = field(default_factory=list)  # live beams after each level (debug)
-    engine_requests: int = 0
-    off_level_tokens: int = 0  # tokens outside the level's SID range: hallucinations, must stay 0
 
 
 async def sid_beam_search(

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from service.engine.constraint import OPT_OUT_KEY, SidConstraint, load_constraint, wants_constraint
+from service.engine.requests.constraint import OPT_OUT_KEY, SidConstraint, load_constraint, wants_constraint
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
