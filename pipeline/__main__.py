@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--lr", type=float, default=3e-3)
     b.add_argument("--max-next-per-user", type=int, default=30, help="sampled next-item positions per user")
     b.add_argument("--sid-collab-weight", type=float, default=0.0, help="> 0: SIDs from text + SASRec embedding")
+    b.add_argument(
+        "--variable-sids", action="store_true", help="rare prefixes get shorter SIDs (needs --trainer per-example)"
+    )
     b.add_argument("--no-baselines", action="store_true", help="skip SASRec / transition-table baselines")
     b.add_argument("--sasrec-max-epochs", type=int, default=200)
     b.add_argument("--sasrec-patience", type=int, default=10)
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         max_next_per_user=a.max_next_per_user,
         sid_collab_weight=a.sid_collab_weight,
+        variable_sids=a.variable_sids,
         sasrec=SASRecConfig(max_epochs=a.sasrec_max_epochs, patience=a.sasrec_patience, seed=a.seed),
         baselines=not a.no_baselines,
         align=a.align,

@@ -22,7 +22,7 @@ from pipeline.baselines import SASRecConfig, most_popular, sasrec_ranker, train_
 from pipeline.decode import PrefixTable
 from pipeline.loaders import Dataset
 from pipeline.prompts import MAX_HISTORY_ITEMS, assemble_prompt, sid_to_token_ids
-from pipeline.semantic_ids import assign_sid_prefix, build_sids, embed_texts, hybrid_embeddings
+from pipeline.semantic_ids import assign_sid_prefix, build_sids, embed_texts, hybrid_embeddings, shorten_sids
 from pipeline.tokens import EOS, token_offsets
 from pipeline.train import PackedConfig, TrainConfig, train, train_packed
 
@@ -47,6 +47,7 @@ class BuildConfig:
     max_next_per_user: int = 30
     sid_collab_weight: float = 0.0  # > 0: SIDs from [text, weight * SASRec item embedding]
     sid_collab_min_count: int = 5  # items with fewer training interactions use the text->collab map
+    variable_sids: bool = False  # rare prefixes get shorter SIDs (semantic_ids.shorten_sids); per-example trainer
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     baselines: bool = True
     align: str = "none"  # "none" | "dpo" | "rad-dpo"
@@ -66,6 +67,10 @@ def _log(msg: str) -> None:
 
 
 def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
+    if cfg.variable_sids and (cfg.trainer != "per-example" or cfg.align != "none"):
+        # the packed trainer lays history items out at fixed L-token strides, and preference mining assumes
+        # fixed-length beams; both would need the variable layout first
+        raise ValueError("variable-length SIDs need --trainer per-example and no alignment")
     # Determinism: fixed seeds, fixed thread count, deterministic kernels.
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
@@ -125,6 +130,12 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
     sids, codebook_sizes, sstats, centroids = build_sids(emb, cfg.codebook, seed=cfg.seed)
     if not (assign_sid_prefix(emb, centroids) == sids[:, :-1]).all():
         raise AssertionError("the SID assigner does not reproduce the catalog's semantic codes")
+    if cfg.variable_sids:
+        sids = shorten_sids(sids)
+        lengths = (sids >= 0).sum(axis=1)
+        _log(
+            f"  variable-length SIDs: {dict(zip(*np.unique(lengths, return_counts=True), strict=True))} items by length"
+        )
     stages["semantic_ids"] = round(time.time() - t, 1)
     _log(
         f"[4/7] semantic IDs from {'text' if proj is None else f'text + {cfg.sid_collab_weight} x SASRec'}: "
@@ -133,7 +144,7 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
     )
 
     offsets = token_offsets(codebook_sizes)
-    item_sid = {i: tuple(int(c) for c in s) for i, s in zip(ids, sids, strict=True)}
+    item_sid = {i: tuple(int(c) for c in s if c >= 0) for i, s in zip(ids, sids, strict=True)}
     sid_item = {v: k for k, v in item_sid.items()}
     words = D.vocabulary_words(items)
     tok = build_tokenizer(codebook_sizes, words)
@@ -292,18 +303,22 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
     inv_models = [("trained", model), ("random_init", random_init)]
     if sft_model is not None:
         inv_models.insert(1, ("sft", sft_model))
-    metrics["invalid_sid_share_without_trie"] = {
-        name: E.invalid_share(
-            m,
-            inv_reqs,
-            prompt_fn=prompt_fn,
-            valid_sids=set(sid_item),
-            beam_width=cfg.beam_width,
-            codebook_sizes=codebook_sizes,
-            token_offsets=offsets,
-        )
-        for name, m in inv_models
-    }
+    metrics["invalid_sid_share_without_trie"] = (
+        {}
+        if cfg.variable_sids
+        else {  # fixed-length decoder only
+            name: E.invalid_share(
+                m,
+                inv_reqs,
+                prompt_fn=prompt_fn,
+                valid_sids=set(sid_item),
+                beam_width=cfg.beam_width,
+                codebook_sizes=codebook_sizes,
+                token_offsets=offsets,
+            )
+            for name, m in inv_models
+        }
+    )
     stages["eval"] = round(time.time() - t, 1)
 
     t = time.time()
@@ -316,6 +331,9 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
             **asdict(sstats),
             "collisions_resolved": sstats.colliding_items,
             "representation": "text" if proj is None else f"text + {cfg.sid_collab_weight} x sasrec",
+            "lengths": {
+                str(n): int(c) for n, c in zip(*np.unique((sids >= 0).sum(axis=1), return_counts=True), strict=True)
+            },
         },
         "metrics": metrics,
         "validation": {
@@ -365,6 +383,7 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
         max_history_items=cfg.history,
         per_query=per_query,
         sid_assigner=assigner,
+        variable_length=cfg.variable_sids,
         overwrite=cfg.overwrite,
     )
     stages["write"] = round(time.time() - t, 1)

@@ -9,6 +9,7 @@ beams of all queries of a batch advance in one forward pass per level.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,17 +17,29 @@ import torch
 
 
 class PrefixTable:
-    """Dense per-level trie: prefix id -> allowed-code mask and child prefix id (built from the SIDs)."""
+    """Dense per-level trie: prefix id -> allowed-code mask and child prefix id (built from the SIDs).
+
+    Variable-length SIDs (codes, then -1): ``ends[lvl]`` marks the prefixes of ``lvl`` codes that are a whole
+    SID, where ``<eos>`` is one more choice; ``None`` at every level for fixed-length SIDs.
+    """
 
     def __init__(self, sids: np.ndarray, codebook_sizes: Sequence[int]):
         sids = np.asarray(sids, dtype=np.int64)
         self.sizes = [int(k) for k in codebook_sizes]
+        self.variable = bool((sids < 0).any())
         self.masks: list[torch.Tensor] = []
         self.child: list[torch.Tensor] = []
-        ids = np.zeros(len(sids), dtype=np.int64)  # prefix id of every item at the current level
+        self.ends: list[torch.Tensor | None] = []
+        ids = np.zeros(len(sids), dtype=np.int64)  # prefix id of every item at the current level (-1: ended)
         n_prev = 1
         for lvl, k in enumerate(self.sizes):
-            pairs = ids * k + sids[:, lvl]
+            live = sids[:, lvl] >= 0
+            ends = None
+            if self.variable and lvl > 0:
+                ended_here = ~live & (sids[:, lvl - 1] >= 0)
+                ends = np.zeros(n_prev, dtype=bool)
+                ends[ids[ended_here]] = True
+            pairs = ids[live] * k + sids[live, lvl]
             uniq, inv = np.unique(pairs, return_inverse=True)
             mask = np.zeros(n_prev * k, dtype=bool)
             mask[uniq] = True
@@ -34,9 +47,13 @@ class PrefixTable:
             child[uniq] = np.arange(len(uniq))
             self.masks.append(torch.from_numpy(mask.reshape(n_prev, k)))
             self.child.append(torch.from_numpy(child.reshape(n_prev, k)))
-            ids, n_prev = inv.reshape(-1), len(uniq)
-        self.leaf_item = np.empty(n_prev, dtype=np.int64)  # leaf prefix id -> row of `sids`
-        self.leaf_item[ids] = np.arange(len(sids))
+            self.ends.append(None if ends is None else torch.from_numpy(ends))
+            ids = np.where(live, 0, -1)
+            ids[live] = inv.reshape(-1)
+            n_prev = len(uniq)
+        # fixed length: leaf prefix id -> row of `sids` (every item reaches the last level)
+        self.leaf_item = np.full(n_prev, -1, dtype=np.int64)
+        self.leaf_item[ids[ids >= 0]] = np.flatnonzero(ids >= 0)
 
 
 @torch.no_grad()
@@ -49,9 +66,12 @@ def beam_search(
     beam_width: int,
     table: PrefixTable | None,
     batch_size: int = 64,
+    eos: int = 2,
 ) -> list[list[tuple[tuple[int, ...], float]]]:
     """Top `beam_width` SIDs per prompt, best first: [(codes, score)]. `table=None`: no trie (each level's
-    SID tokens only; measures hallucinated SIDs)."""
+    SID tokens only; measures hallucinated SIDs). Variable-length SIDs (`table.variable`): where a SID ends,
+    `<eos>` (token `eos`) is one more choice; taking it finishes the hypothesis, which is kept beside the live
+    beams, and the answer ranks finished SIDs of every length together (the service's semantics)."""
     model.eval()
     sizes = [int(k) for k in codebook_sizes]
     results: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in prompts]
@@ -63,18 +83,19 @@ def beam_search(
         for s in range(0, len(idx_all), batch_size):
             idx = idx_all[s : s + batch_size]
             ids = torch.tensor([list(prompts[i]) for i in idx], dtype=torch.long)
-            for i, beams in zip(idx, _search(model, ids, sizes, token_offsets, beam_width, table), strict=True):
+            for i, beams in zip(idx, _search(model, ids, sizes, token_offsets, beam_width, table, eos), strict=True):
                 results[i] = beams
     return results
 
 
-def _search(model, ids, sizes, offsets, width, table):
+def _search(model, ids, sizes, offsets, width, table, eos):
     b = ids.shape[0]
     out = model(input_ids=ids, use_cache=True)
     cache, logits = out.past_key_values, out.logits[:, -1, :].double()
     scores = torch.zeros(b, 1, dtype=torch.float64)
     pid = torch.zeros(b, 1, dtype=torch.long)  # trie prefix id per beam (-1: dead beam)
     codes = torch.zeros(b, 1, 0, dtype=torch.long)
+    finished: list[tuple[torch.Tensor, torch.Tensor]] = []  # (codes [b, w, lvl], scores [b, w]) that took <eos>
     for lvl, k in enumerate(sizes):
         wc = scores.shape[1]
         lv = logits[:, offsets[lvl] : offsets[lvl] + k].reshape(b, wc, k)
@@ -84,8 +105,16 @@ def _search(model, ids, sizes, offsets, width, table):
         else:
             allowed = table.masks[lvl][pid.clamp(min=0)]
             allowed = allowed | ~alive[..., None]  # dead beams: any row (their score is -inf anyway)
+        ends = None if table is None else table.ends[lvl]
+        if ends is not None:  # <eos> as column k, allowed where the beam's prefix is a whole SID
+            lv = torch.cat([lv, logits[:, eos].reshape(b, wc, 1)], dim=2)
+            allowed = torch.cat([allowed, (ends[pid.clamp(min=0)] & alive)[..., None]], dim=2)
         lp = torch.log_softmax(lv.masked_fill(~allowed, float("-inf")), dim=-1)
-        cand = (scores[..., None] + lp).masked_fill(~allowed, float("-inf")).reshape(b, wc * k)
+        cand = (scores[..., None] + lp).masked_fill(~allowed, float("-inf"))
+        if ends is not None:
+            finished.append((codes, cand[..., k]))
+            cand = cand[..., :k]
+        cand = cand.reshape(b, wc * k)
         # Beams are kept in codes-ascending order, so flattened candidates are codes-ascending too; a stable
         # sort by score therefore breaks ties by codes ascending (the reference's order).
         order = torch.sort(cand, dim=1, descending=True, stable=True).indices[:, :width]
@@ -113,12 +142,15 @@ def _search(model, ids, sizes, offsets, width, table):
             out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1, :].double()
     out_beams = []
+    end_key = max(sizes)  # tie order: <eos> after every code of its level, as in the service and the reference
     for q in range(b):
-        rows = [
-            (tuple(int(c) for c in codes[q, j].tolist()), float(scores[q, j]))
-            for j in range(scores.shape[1])
-            if torch.isfinite(scores[q, j])
-        ]
-        rows.sort(key=lambda x: (-x[1], x[0]))
-        out_beams.append(rows)
+        rows = [(tuple(int(c) for c in codes[q, j].tolist()), float(scores[q, j]), ()) for j in range(scores.shape[1])]
+        for f_codes, f_scores in finished:
+            rows += [
+                (tuple(int(c) for c in f_codes[q, j].tolist()), float(f_scores[q, j]), (end_key,))
+                for j in range(f_scores.shape[1])
+            ]
+        rows = [r for r in rows if math.isfinite(r[1])]
+        rows.sort(key=lambda x: (-x[1], x[0] + x[2] + (0,) * (len(sizes) - len(x[0]) - len(x[2]))))
+        out_beams.append([(c, s) for c, s, _ in rows[:width]])
     return out_beams

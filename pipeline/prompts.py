@@ -32,7 +32,7 @@ def assemble_prompt(
     known = [] if max_history_items <= 0 else known[-max_history_items:]
     ids = [BOS, HISTORY]
     for sid in known:
-        ids.extend(int(off) + int(code) for off, code in zip(token_offsets, sid, strict=True))
+        ids.extend(sid_to_token_ids(sid, token_offsets))
     ids.append(QUERY)
     if query:
         ids.extend(encode(query)[:max_query_tokens])
@@ -41,4 +41,7 @@ def assemble_prompt(
 
 
 def sid_to_token_ids(sid: Sequence[int], token_offsets: Sequence[int]) -> list[int]:
-    return [int(off) + int(code) for off, code in zip(token_offsets, sid, strict=True)]
+    """A SID's tokens; the -1 padding after the last code of a variable-length SID has none."""
+    if len(sid) > len(token_offsets):
+        raise ValueError(f"SID {tuple(sid)} is longer than the {len(token_offsets)} levels")
+    return [int(off) + int(code) for off, code in zip(token_offsets, sid, strict=False) if int(code) >= 0]

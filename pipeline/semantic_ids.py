@@ -161,3 +161,23 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def shorten_sids(sids: np.ndarray) -> np.ndarray:
+    """Variable-length SIDs from fixed-length ones (codes, then -1 up to the maximum length).
+
+    Rare prefixes get short, general IDs; crowded ones keep every code:
+    - an item alone under its level-2 prefix ``(a, b)`` needs nothing more: its SID is ``(a, b)``;
+    - in a group sharing a semantic prefix, the item with disambiguation code 0 (the first of the group, or an
+      item alone under its full semantic prefix) drops that code, so its SID is the semantic prefix itself and
+      is a prefix of its group mates' SIDs, which keep the code; ``<eos>`` then separates them in the search.
+    Unique by construction: a level-2 prefix held by one item is nobody else's prefix, and semantic prefixes
+    are unique per group. Needs at least 3 levels (two semantic ones and the disambiguation level).
+    """
+    s = np.asarray(sids, dtype=np.int64).copy()
+    if s.ndim != 2 or s.shape[1] < 3:
+        raise ValueError("shorten_sids needs [N, L] SIDs with L >= 3")
+    s[s[:, -1] == 0, -1] = -1
+    _, inverse, counts = np.unique(s[:, :2], axis=0, return_inverse=True, return_counts=True)
+    s[counts[inverse.reshape(-1)] == 1, 2:] = -1
+    return s

@@ -140,6 +140,47 @@ async def test_llama_model_over_unequal_codebooks_equals_reference(llama_unequal
         assert_same_ranking(ranking(result), want)
 
 
+@pytest.fixture(scope="module")
+def variable_version(tmp_path_factory: pytest.TempPathFactory) -> ModelVersion:
+    """Random weights over SIDs of 1..4 codes, some a prefix of others."""
+    root = tmp_path_factory.mktemp("variable_repo")
+    return load_version(build_synthetic_version(root / "variable" / "1", n_items=200, seed=7, variable_length=True))
+
+
+async def test_variable_length_sids_equal_the_reference_in_beam_and_exact_mode(variable_version: ModelVersion) -> None:
+    """Finished SIDs beside live beams, <eos> as one more choice where a SID ends: same SIDs, order and scores
+    as the independent reference; exact mode's certified top-k is the exhaustive top-k."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.reference import variable_beam_search, variable_exhaustive_ranking
+
+    v = variable_version
+    assert v.sid.variable_length and (v.sids < 0).any()
+    rows = [tuple(int(c) for c in s if c >= 0) for s in v.sids]
+    rng = np.random.default_rng(1)
+    builder = PromptBuilder(v)
+    prompts = [builder.build(f"q{i}", [rows[j] for j in rng.integers(0, len(rows), i % 4)]) for i in range(16)]
+    widths = [int(w) for w in rng.integers(1, 41, size=len(prompts))]
+    eng = PooledSearchEngine.start(Settings(search_mode="engine"), v)
+    try:
+        beam = await asyncio.gather(*(eng.search(p, w) for p, w in zip(prompts, widths, strict=True)))
+        exact = await asyncio.gather(*(eng.search(p, 10, top_k=5, exact=True) for p in prompts[:8]))
+    finally:
+        eng.shutdown()
+    hf = AutoModelForCausalLM.from_pretrained(v.hf_dir, dtype=torch.float32).eval()
+    eos, offsets, length = v.special.eos, v.sid.token_offsets, v.sid.length
+    for prompt, width, result in zip(prompts, widths, beam, strict=True):
+        want = variable_beam_search(hf, prompt, v.sids, offsets, eos, width, length)
+        assert_same_ranking([(v.sid.strip(b.codes), b.score) for b in result.beams], want)
+    certified = 0
+    for prompt, result in zip(prompts[:8], exact, strict=True):
+        truth = variable_exhaustive_ranking(hf, prompt, v.sids, offsets, eos, length)[:5]
+        if result.bound < result.beams[4].score:  # certified: must be the exact top-k
+            certified += 1
+            assert_same_ranking([(v.sid.strip(b.codes), b.score) for b in result.beams[:5]], truth)
+    assert certified >= len(exact) // 2, "exact mode should certify most of 200 items within its budget"
+
+
 def test_settings_that_would_break_the_search_fail_at_start(default_version: ModelVersion, tmp_path: Path) -> None:
     """Named in the error: at the settings layer, and at vLLM's config if someone builds one by hand."""
     from pydantic import ValidationError
