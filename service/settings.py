@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # total past the bound is answered 429 at once, with Retry-After. Size it as (concurrent queries at which
     # p99 still meets the objective) x default_beam_width, measured by `python -m loadtest.overload`.
     # 0 disables admission control.
-    max_concurrent_beams: int = Field(20, ge=0)
+    max_concurrent_beams: int = Field(120, ge=0)
     retry_after_s: int = Field(1, ge=1)  # the Retry-After of a 429 (whole seconds, as HTTP has it)
 
     # --- authentication ---------------------------------------------------------------------
