@@ -141,10 +141,12 @@ def align(
     sft_batches: Callable[[random.Random], Iterator[list[packing.Segment]]],
     validate: Callable[[object], dict],
     cfg: AlignConfig,
+    start: dict | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Align `model` in place; returns a report (validation after every round). The weights kept are
-    those of the round with the best validation score (alignment rounds only)."""
+    those of the round with the best validation score; with `start` (the SFT model's validation, with a
+    "score"), the SFT weights are kept unless a round beats it (report "kept": "sft" | "round N")."""
     rng = random.Random(cfg.seed)
     nrng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -160,7 +162,12 @@ def align(
     n_neg = 1 if cfg.method == "dpo" else cfg.negatives
     rad = cfg.method == "rad-dpo"
     sft_iter = sft_batches(rng) if rad and cfg.sft_weight > 0 else None
-    curve, best, best_state = [], None, None
+    curve: list[dict] = []
+    best: dict | None = None
+    best_state: dict | None = None
+    kept = "sft"
+    if start is not None:
+        best, best_state = {"round": 0, **start}, copy.deepcopy(model.state_dict())
     t0 = time.time()
     for rnd in range(1, cfg.rounds + 1):
         model.eval()
@@ -264,7 +271,7 @@ def align(
         curve.append(summary)
         gain = best is None or v["score"] > best["score"]
         if gain:
-            best, best_state = summary, copy.deepcopy(model.state_dict())
+            best, best_state, kept = summary, copy.deepcopy(model.state_dict()), f"round {rnd}"
         log(
             f"  align round {rnd} ({time.time() - t0:.0f}s): "
             + "  ".join(f"{k} {x}" for k, x in summary.items() if k != "round")
@@ -273,7 +280,14 @@ def align(
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-    return {"config": asdict(cfg), "best": best, "rounds": curve, "seconds": round(time.time() - t0, 1)}
+    log(f"  alignment keeps the {kept} weights (best validation score)")
+    return {
+        "config": asdict(cfg),
+        "best": best,
+        "kept": kept,
+        "rounds": curve,
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
 def sft_batch_stream(
