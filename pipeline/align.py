@@ -142,11 +142,14 @@ def align(
     validate: Callable[[object], dict],
     cfg: AlignConfig,
     start: dict | None = None,
+    aligned_out: list | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Align `model` in place; returns a report (validation after every round). The weights kept are
     those of the round with the best validation score; with `start` (the SFT model's validation, with a
-    "score"), the SFT weights are kept unless a round beats it (report "kept": "sft" | "round N")."""
+    "score"), the SFT weights are kept unless a round beats it (report "kept": "sft" | "round N").
+    `aligned_out`: a list that receives the state dict of the best alignment round (even when the SFT
+    weights are kept), so that the aligned model can still be evaluated."""
     rng = random.Random(cfg.seed)
     nrng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -166,6 +169,7 @@ def align(
     best: dict | None = None
     best_state: dict | None = None
     kept = "sft"
+    best_aligned: tuple[float, dict] | None = None
     if start is not None:
         best, best_state = {"round": 0, **start}, copy.deepcopy(model.state_dict())
     t0 = time.time()
@@ -269,6 +273,8 @@ def align(
             **v,
         }
         curve.append(summary)
+        if aligned_out is not None and (best_aligned is None or v["score"] > best_aligned[0]):
+            best_aligned = (v["score"], copy.deepcopy(model.state_dict()))
         gain = best is None or v["score"] > best["score"]
         if gain:
             best, best_state, kept = summary, copy.deepcopy(model.state_dict()), f"round {rnd}"
@@ -278,6 +284,8 @@ def align(
             + ("  (best)" if gain else "")
         )
     assert best_state is not None
+    if aligned_out is not None and best_aligned is not None:
+        aligned_out.append(best_aligned[1])
     model.load_state_dict(best_state)
     model.eval()
     log(f"  alignment keeps the {kept} weights (best validation score)")

@@ -258,6 +258,8 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
     t = time.time()
     align_report = None
     sft_model = None
+    aligned_model = None
+    aligned_states: list = []
     if cfg.align != "none":
         _log(f"[6/7] alignment: {cfg.align}")
         sft_model = copy.deepcopy(model)
@@ -284,8 +286,13 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
             validate=validate,
             cfg=acfg,
             start=sft_report["best"],
+            aligned_out=aligned_states,
             log=_log,
         )
+        if align_report["kept"] == "sft" and aligned_states:  # still evaluate the best aligned round
+            aligned_model = copy.deepcopy(model)
+            aligned_model.load_state_dict(aligned_states[0])
+            aligned_model.eval()
     stages["align"] = round(time.time() - t, 1)
 
     # -- evaluation -------------------------------------------------------------------------------------
@@ -306,6 +313,8 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
         ranks["trained"] = E.ranks_for(E.gr_ranked(model, reqs, label=f"{task}/trained", log=_log, **dec), reqs)
         if sft_model is not None:
             ranks["sft"] = E.ranks_for(E.gr_ranked(sft_model, reqs, **dec), reqs)
+        if aligned_model is not None:  # the SFT weights were kept; the aligned model for comparison
+            ranks["aligned_not_kept"] = E.ranks_for(E.gr_ranked(aligned_model, reqs, **dec), reqs)
         for name, rk in rankers.items():
             if name == "most_popular" or task != "search":
                 ranks[name] = E.ranks_for([rk(r.history[-cfg.history :]) for r in reqs], reqs)
@@ -326,6 +335,8 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
     inv_models = [("trained", model), ("random_init", random_init)]
     if sft_model is not None:
         inv_models.insert(1, ("sft", sft_model))
+    if aligned_model is not None:
+        inv_models.insert(1, ("aligned_not_kept", aligned_model))
     metrics["invalid_sid_share_without_trie"] = {
         name: E.invalid_share(
             m,

@@ -85,9 +85,11 @@ def test_alignment_keeps_the_sft_weights_unless_a_round_beats_them() -> None:
         cfg=AlignConfig(method="dpo", rounds=1, pool=4, lr=1e-2),
         log=lambda _m: None,
     )
-    report = align(model, prompts, validate=lambda m: {"score": 0.5}, start={"score": 0.9}, **kw)
+    aligned: list = []
+    report = align(model, prompts, validate=lambda m: {"score": 0.5}, start={"score": 0.9}, aligned_out=aligned, **kw)
     assert report["kept"] == "sft"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(aligned) == 1 and any(not torch.equal(before[k], v) for k, v in aligned[0].items())  # still evaluable
     report = align(model, prompts, validate=lambda m: {"score": 0.95}, start={"score": 0.9}, **kw)
     assert report["kept"] == "round 1"
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
