@@ -12,8 +12,9 @@ stochastically from the pool's non-positive items with probability ~ softmax(bea
     with the chosen item are detached, so pushing the rejected item down never pushes down the shared
     (correct) prefix; only the tokens from the first differing level on get the negative gradient;
   * similarity-based dynamic weighting: pair weight (1 - max(0, cos(e_chosen, e_rejected)))^gamma with
-    collaborative item embeddings, so a rejected item that is much like the target (a likely false
-    negative) counts less; items the user really consumed next are never rejected;
+    collaborative item embeddings (SASRec's; without SASRec, the SID embedding), so a rejected item that is
+    much like the target (a likely false negative) counts less; items the user really consumed next are never
+    rejected;
   * multi-label global contrastive term: the user's next `positives` training items are all relevant;
     each positive is contrasted against the pool's negatives only (other positives are left out of its
     denominator, so relevant items do not squeeze each other), on sequence log-probabilities;

@@ -281,7 +281,7 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
             table=table,
             codebook_sizes=codebook_sizes,
             token_offsets=offsets,
-            item_emb=collab,
+            item_emb=collab if collab is not None else emb,  # no SASRec: weight by the SID embedding
             sft_batches=sft_batch_stream(make_epoch, cfg.packed.batch_segments),
             validate=validate,
             cfg=acfg,
