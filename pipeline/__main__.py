@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--eval-invalid", type=int, default=100)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--sft-cache", type=Path, default=None, help="dir: reuse SASRec/SFT weights of identical runs")
+    b.add_argument("--stop-after", choices=["baselines", "sft"], default=None, help="fill the cache and stop")
     a = ap.parse_args(argv)
 
     t0 = time.time()
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         eval_invalid=a.eval_invalid,
         threads=a.threads,
         overwrite=a.overwrite,
+        sft_cache=a.sft_cache,
+        stop_after=a.stop_after,
     )
     out = build(ds, cfg, label)
     print(f"wrote {out} in {time.time() - t0:.1f}s")

@@ -12,8 +12,9 @@ stochastically from the pool's non-positive items with probability ~ softmax(bea
     with the chosen item are detached, so pushing the rejected item down never pushes down the shared
     (correct) prefix; only the tokens from the first differing level on get the negative gradient;
   * similarity-based dynamic weighting: pair weight (1 - max(0, cos(e_chosen, e_rejected)))^gamma with
-    collaborative item embeddings, so a rejected item that is much like the target (a likely false
-    negative) counts less; items the user really consumed next are never rejected;
+    collaborative item embeddings (SASRec's; without SASRec, the SID embedding), so a rejected item that is
+    much like the target (a likely false negative) counts less; items the user really consumed next are never
+    rejected;
   * multi-label global contrastive term: the user's next `positives` training items are all relevant;
     each positive is contrasted against the pool's negatives only (other positives are left out of its
     denominator, so relevant items do not squeeze each other), on sequence log-probabilities;
@@ -141,10 +142,15 @@ def align(
     sft_batches: Callable[[random.Random], Iterator[list[packing.Segment]]],
     validate: Callable[[object], dict],
     cfg: AlignConfig,
+    start: dict | None = None,
+    aligned_out: list | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Align `model` in place; returns a report (validation after every round). The weights kept are
-    those of the round with the best validation score (alignment rounds only)."""
+    those of the round with the best validation score; with `start` (the SFT model's validation, with a
+    "score"), the SFT weights are kept unless a round beats it (report "kept": "sft" | "round N").
+    `aligned_out`: a list that receives the state dict of the best alignment round (even when the SFT
+    weights are kept), so that the aligned model can still be evaluated."""
     rng = random.Random(cfg.seed)
     nrng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -160,7 +166,13 @@ def align(
     n_neg = 1 if cfg.method == "dpo" else cfg.negatives
     rad = cfg.method == "rad-dpo"
     sft_iter = sft_batches(rng) if rad and cfg.sft_weight > 0 else None
-    curve, best, best_state = [], None, None
+    curve: list[dict] = []
+    best: dict | None = None
+    best_state: dict | None = None
+    kept = "sft"
+    best_aligned: tuple[float, dict] | None = None
+    if start is not None:
+        best, best_state = {"round": 0, **start}, copy.deepcopy(model.state_dict())
     t0 = time.time()
     for rnd in range(1, cfg.rounds + 1):
         model.eval()
@@ -262,18 +274,29 @@ def align(
             **v,
         }
         curve.append(summary)
+        if aligned_out is not None and (best_aligned is None or v["score"] > best_aligned[0]):
+            best_aligned = (v["score"], copy.deepcopy(model.state_dict()))
         gain = best is None or v["score"] > best["score"]
         if gain:
-            best, best_state = summary, copy.deepcopy(model.state_dict())
+            best, best_state, kept = summary, copy.deepcopy(model.state_dict()), f"round {rnd}"
         log(
             f"  align round {rnd} ({time.time() - t0:.0f}s): "
             + "  ".join(f"{k} {x}" for k, x in summary.items() if k != "round")
             + ("  (best)" if gain else "")
         )
     assert best_state is not None
+    if aligned_out is not None and best_aligned is not None:
+        aligned_out.append(best_aligned[1])
     model.load_state_dict(best_state)
     model.eval()
-    return {"config": asdict(cfg), "best": best, "rounds": curve, "seconds": round(time.time() - t0, 1)}
+    log(f"  alignment keeps the {kept} weights (best validation score)")
+    return {
+        "config": asdict(cfg),
+        "best": best,
+        "kept": kept,
+        "rounds": curve,
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
 def sft_batch_stream(

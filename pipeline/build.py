@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 import time
@@ -18,7 +19,7 @@ from pipeline import evaluate as E
 from pipeline import packing
 from pipeline.align import AlignConfig, align, mining_prompts, sft_batch_stream
 from pipeline.artifacts import build_tokenizer, new_model, write_version
-from pipeline.baselines import SASRecConfig, most_popular, sasrec_ranker, train_sasrec, transition_table
+from pipeline.baselines import SASRec, SASRecConfig, most_popular, sasrec_ranker, train_sasrec, transition_table
 from pipeline.decode import PrefixTable
 from pipeline.loaders import Dataset
 from pipeline.prompts import MAX_HISTORY_ITEMS, assemble_prompt, sid_to_token_ids
@@ -60,6 +61,8 @@ class BuildConfig:
     beam_width: int = 20
     threads: int = 2
     overwrite: bool = False
+    sft_cache: Path | None = None  # dir: reuse SASRec / SFT weights of identical earlier runs (lever runs)
+    stop_after: str | None = None  # "baselines" | "sft": stop there (fills the cache), no version written
 
 
 def _log(msg: str) -> None:
@@ -110,14 +113,33 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
     if need_sasrec:
         _log("[3/7] SASRec baseline (early stopping on the validation split)")
         idx1 = {i: k + 1 for k, i in enumerate(ids)}
-        sasrec, sasrec_report = train_sasrec(
-            len(ids),
-            [[idx1[i] for i in s] for s in splits.train_seqs.values()],
-            [([idx1[i] for i in r.history[-cfg.history :]], idx1[r.target]) for r in splits.valid_next],
-            cfg.sasrec,
-            log=_log,
+        scache = _cache_path(
+            cfg,
+            "sasrec",
+            {"sasrec": asdict(cfg.sasrec), "history": cfg.history, "threads": cfg.threads},
+            dataset_label,
+            len(items),
+            len(dataset.interactions),
         )
+        if scache is not None and scache.exists():
+            saved = torch.load(scache, weights_only=False)
+            sasrec = SASRec(len(ids), cfg.sasrec)
+            sasrec.load_state_dict(saved["state"])
+            sasrec.eval()
+            sasrec_report = saved["report"]
+            _log(f"  SASRec from the cache {scache} (best epoch {sasrec_report['best_epoch']})")
+        else:
+            sasrec, sasrec_report = train_sasrec(
+                len(ids),
+                [[idx1[i] for i in s] for s in splits.train_seqs.values()],
+                [([idx1[i] for i in r.history[-cfg.history :]], idx1[r.target]) for r in splits.valid_next],
+                cfg.sasrec,
+                log=_log,
+            )
+            _save_cache(scache, sasrec, sasrec_report)
     stages["baselines"] = round(time.time() - t, 1)
+    if cfg.stop_after == "baselines":
+        return cfg.out
 
     # -- semantic IDs -----------------------------------------------------------------------------------
     t = time.time()
@@ -220,7 +242,14 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
     random_init = copy.deepcopy(model)
     n_params = sum(p.numel() for p in model.parameters())
     _log(f"  model: Qwen2 hidden {cfg.hidden} layers {cfg.layers}, {n_params / 1e6:.2f}M params")
-    if cfg.trainer == "packed":
+    cache = _sft_cache_path(cfg, dataset_label, len(items), len(dataset.interactions))
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=False)
+        model.load_state_dict(saved["state"])
+        model.eval()
+        sft_report = saved["report"]
+        _log(f"  SFT weights from the cache {cache} (validation {sft_report['best']})")
+    elif cfg.trainer == "packed":
         sft_report = train_packed(model, make_epoch, cfg.packed, validate, log=_log)
     else:
         examples = [
@@ -230,12 +259,18 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
         sft_report = train(model, examples, cfg.train, log=_log)
         sft_report["best"] = {"epoch": cfg.train.epochs, **validate(model)}
         _log(f"  validation: {sft_report['best']}")
+    if cache is not None and not cache.exists():
+        _save_cache(cache, model, sft_report)
     stages["sft"] = round(time.time() - t, 1)
+    if cfg.stop_after == "sft":
+        return cfg.out
 
     # -- alignment --------------------------------------------------------------------------------------
     t = time.time()
     align_report = None
     sft_model = None
+    aligned_model = None
+    aligned_states: list = []
     if cfg.align != "none":
         _log(f"[6/7] alignment: {cfg.align}")
         sft_model = copy.deepcopy(model)
@@ -257,12 +292,18 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
             table=table,
             codebook_sizes=codebook_sizes,
             token_offsets=offsets,
-            item_emb=collab,
+            item_emb=collab if collab is not None else emb,  # no SASRec: weight by the SID embedding
             sft_batches=sft_batch_stream(make_epoch, cfg.packed.batch_segments),
             validate=validate,
             cfg=acfg,
+            start=sft_report["best"],
+            aligned_out=aligned_states,
             log=_log,
         )
+        if align_report["kept"] == "sft" and aligned_states:  # still evaluate the best aligned round
+            aligned_model = copy.deepcopy(model)
+            aligned_model.load_state_dict(aligned_states[0])
+            aligned_model.eval()
     stages["align"] = round(time.time() - t, 1)
 
     # -- evaluation -------------------------------------------------------------------------------------
@@ -283,6 +324,8 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
         ranks["trained"] = E.ranks_for(E.gr_ranked(model, reqs, label=f"{task}/trained", log=_log, **dec), reqs)
         if sft_model is not None:
             ranks["sft"] = E.ranks_for(E.gr_ranked(sft_model, reqs, **dec), reqs)
+        if aligned_model is not None:  # the SFT weights were kept; the aligned model for comparison
+            ranks["aligned_not_kept"] = E.ranks_for(E.gr_ranked(aligned_model, reqs, **dec), reqs)
         for name, rk in rankers.items():
             if name == "most_popular" or task != "search":
                 ranks[name] = E.ranks_for([rk(r.history[-cfg.history :]) for r in reqs], reqs)
@@ -303,6 +346,8 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
     inv_models = [("trained", model), ("random_init", random_init)]
     if sft_model is not None:
         inv_models.insert(1, ("sft", sft_model))
+    if aligned_model is not None:
+        inv_models.insert(1, ("aligned_not_kept", aligned_model))
     metrics["invalid_sid_share_without_trie"] = (
         {}
         if cfg.variable_sids
@@ -392,6 +437,35 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
     return out
 
 
+def _sft_cache_path(cfg: BuildConfig, dataset_label: str, n_items: int, n_inter: int) -> Path | None:
+    """Cache file of the SFT weights for everything SFT depends on (not alignment, evaluation, baselines)."""
+    if cfg.sft_cache is None:
+        return None
+    d = _config_json(cfg)
+    for k in ("align", "align_cfg", "baselines", "version", "model_name"):
+        d.pop(k, None)
+    d = {k: v for k, v in d.items() if not k.startswith("eval_")}
+    if cfg.sid_collab_weight <= 0:
+        d.pop("sasrec")
+    return _cache_path(cfg, "sft", d, dataset_label, n_items, n_inter)
+
+
+def _cache_path(cfg: BuildConfig, kind: str, d: dict, dataset_label: str, n_items: int, n_inter: int) -> Path | None:
+    if cfg.sft_cache is None:
+        return None
+    d = {**d, "seed": cfg.seed, "data": [dataset_label, n_items, n_inter, torch.__version__]}
+    key = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cfg.sft_cache) / f"{kind}-{key}.pt"
+
+
+def _save_cache(path: Path | None, model: Any, report: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": model.state_dict(), "report": report}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").rename(path)
+
+
 def _strip(report: dict | None) -> dict:
     return {k: v for k, v in (report or {}).items() if k != "seconds"}
 
@@ -400,6 +474,8 @@ def _config_json(cfg: BuildConfig) -> dict:
     d = asdict(cfg)
     d.pop("out")
     d.pop("overwrite")
+    d.pop("sft_cache", None)
+    d.pop("stop_after", None)
     return json.loads(json.dumps(d, default=str))
 
 

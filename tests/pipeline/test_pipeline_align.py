@@ -59,3 +59,37 @@ def test_seq_logps_match_a_plain_forward() -> None:
             logp = torch.log_softmax(model(torch.tensor([prompt + c])).logits[0], -1)
         want = torch.stack([logp[len(prompt) - 1 + j, tok] for j, tok in enumerate(c)])
         torch.testing.assert_close(got[k].detach(), want, atol=2e-5, rtol=1e-4)
+
+
+def test_alignment_keeps_the_sft_weights_unless_a_round_beats_them() -> None:
+    import numpy as np
+
+    from pipeline.align import AlignConfig, PrefPrompt, align
+    from pipeline.decode import PrefixTable
+
+    sizes, offsets = [4, 4], [8, 12]
+    sids = np.array([[a, b] for a in range(4) for b in range(2)])
+    model = new_model(20, hidden=32, layers=1, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prompts = [
+        PrefPrompt([BOS, HISTORY, 8, 12, QUERY, SID], 1, [1]),
+        PrefPrompt([BOS, HISTORY, 9, 13, QUERY, SID], 2, [2]),
+    ]
+    kw = dict(
+        sids=sids,
+        table=PrefixTable(sids, sizes),
+        codebook_sizes=sizes,
+        token_offsets=offsets,
+        item_emb=None,
+        sft_batches=lambda rng: iter(()),
+        cfg=AlignConfig(method="dpo", rounds=1, pool=4, lr=1e-2),
+        log=lambda _m: None,
+    )
+    aligned: list = []
+    report = align(model, prompts, validate=lambda m: {"score": 0.5}, start={"score": 0.9}, aligned_out=aligned, **kw)
+    assert report["kept"] == "sft"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(aligned) == 1 and any(not torch.equal(before[k], v) for k, v in aligned[0].items())  # still evaluable
+    report = align(model, prompts, validate=lambda m: {"score": 0.95}, start={"score": 0.9}, **kw)
+    assert report["kept"] == "round 1"
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
