@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from service.catalog.changes import ChangeLog
 from service.catalog.repo import ModelVersion, RepoError, load_version, resolve_version_dir
 from service.catalog.store import CatalogStore, connect, sid_key_part
@@ -37,7 +39,7 @@ class AdminError(RuntimeError):
 def assign_sid(version: ModelVersion, item: dict[str, Any]) -> list[int]:
     """The semantic prefix of a new item from the version's SID assigner (its text alone)."""
     from pipeline.data import category_text
-    from pipeline.semantic_ids import assign_sid_prefix, embed_texts, text_to_embedding
+    from pipeline.semantic_ids import embed_texts, text_to_embedding
 
     assigner = version.sid_assigner()
     if assigner is None:
@@ -45,7 +47,27 @@ def assign_sid(version: ModelVersion, item: dict[str, Any]) -> list[int]:
     meta = assigner.meta
     text = meta["text_template"].format(title=item.get("title", ""), category=category_text(item.get("category", "")))
     embedding = text_to_embedding(embed_texts([text]), assigner.text_to_collab, float(meta.get("collab_weight", 0)))
-    return [int(c) for c in assign_sid_prefix(embedding, assigner.centroids)[0]]
+    return semantic_prefix(version, embedding[0])
+
+
+def semantic_prefix(version: ModelVersion, embedding: np.ndarray) -> list[int]:
+    """The semantic codes for an item embedded as ``embedding`` (the assigner's space): the SID assigner's
+    k-means prefix when catalog items already hold it, else the prefix of the nearest catalog item.
+
+    Why the fallback: a prefix that holds no catalog item was never generated in training, so the model gives it
+    almost no probability and an item there would never be found. Next to its nearest catalog item, the new item
+    sits where the model does go for such text; the disambiguation level tells the two apart."""
+    from pipeline.semantic_ids import assign_sid_prefix
+
+    assigner = version.sid_assigner()
+    if assigner is None:
+        raise AdminError(f"{version.model}/{version.version} has no SID assigner: give the SID with --sid")
+    prefix = assign_sid_prefix(np.atleast_2d(embedding), assigner.centroids)[0]
+    semantic = version.sids[:, : len(prefix)]
+    if (semantic == prefix).all(axis=1).any() or assigner.item_embeddings is None:
+        return [int(c) for c in prefix]
+    distance = ((assigner.item_embeddings - np.asarray(embedding, dtype=np.float32)) ** 2).sum(axis=1)
+    return [int(c) for c in semantic[int(np.argmin(distance))]]
 
 
 class Admin:
