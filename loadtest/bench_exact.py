@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from loadtest.bench_compare import prompts_for
-from loadtest.machine import machine_info
+from loadtest.machine import machine_info, pct, write_report
 from loadtest.queries import load_queries, served_version
 from pipeline.reference import exhaustive_ranking
 from service.engine.pooled import PooledSearchEngine
@@ -29,10 +28,6 @@ from service.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
 
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return round(s[min(len(s) - 1, int(q * (len(s) - 1)))], 2)
 
 
 async def run(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
@@ -98,9 +93,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "bench_exact")
     args = p.parse_args()
     report = asyncio.run(run(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from loadtest.bench_compare import prompts_for
-from loadtest.machine import machine_info
+from loadtest.machine import machine_info, pct
 from loadtest.queries import load_queries, served_version
 from pipeline.reference import exhaustive_ranking
 from service.catalog.state import CatalogState
@@ -47,10 +47,6 @@ def year_filters(state: CatalogState, shares: list[float]) -> dict[float, dict]:
         out[share] = {"year": {"gte": y}}
     return out
 
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return round(s[min(len(s) - 1, int(q * (len(s) - 1)))], 2)
 
 
 async def run(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]

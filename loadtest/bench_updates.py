@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from loadtest.localstack import local_stack
-from loadtest.machine import machine_info
+from loadtest.machine import machine_info, pct, write_report
 from loadtest.queries import load_queries, served_version
 from service.catalog.admin import Admin
 from service.catalog.changes import ChangeLog
@@ -33,10 +33,6 @@ from service.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
 
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return round(s[min(len(s) - 1, int(q * (len(s) - 1)))], 2) if s else float("nan")
 
 
 async def until(client: httpx.AsyncClient, body: dict, done) -> float:  # type: ignore[no-untyped-def,type-arg]
@@ -182,9 +178,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "bench_updates")
     args = p.parse_args()
     report = asyncio.run(run(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

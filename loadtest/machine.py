@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 
@@ -59,3 +61,16 @@ def machine_info() -> dict[str, object]:
         "python": platform.python_version(), "torch": torch.__version__, "git": _git_rev(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def pct(xs: list[float], q: float) -> float:
+    """The ``q`` quantile of ``xs`` (nearest rank, 2 decimals); NaN when empty."""
+    s = sorted(xs)
+    return round(s[min(len(s) - 1, int(q * (len(s) - 1)))], 2) if s else float("nan")
+
+
+def write_report(report: dict, out: Path) -> None:  # type: ignore[type-arg]
+    """``out``.json (directories made) and the same JSON on stdout."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
