@@ -141,7 +141,8 @@ def test_admission_answers_429_at_once_past_the_bound(gateway: Gateway, reliabil
         _wait(lambda: metric(gateway.base, "gr_admission_beams_in_flight") == 60, 5, "20 more beams fit in 64")
     for t in threads:
         t.join(30)
-    assert sorted(r.status_code for r, _ in pinned) == [200, 200]  # the admitted ones finish once it resumes
+    # the admitted ones finish once it resumes (the message names any error code)
+    assert sorted(r.status_code for r, _ in pinned) == [200, 200], [r.text[:200] for r, _ in pinned]
     assert metric(gateway.base, "gr_admission_rejections_total") == rejected + 5
     assert metric(gateway.base, "gr_admission_beams_in_flight") == 0
     ms = sorted(round(lat * 1e3, 1) for _, lat in refusals)
