@@ -154,10 +154,10 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
         raise AssertionError("the SID assigner does not reproduce the catalog's semantic codes")
     if cfg.variable_sids:
         sids = shorten_sids(sids)
-        lengths = (sids >= 0).sum(axis=1)
-        _log(
-            f"  variable-length SIDs: {dict(zip(*np.unique(lengths, return_counts=True), strict=True))} items by length"
-        )
+    lengths, length_counts = np.unique((sids >= 0).sum(axis=1), return_counts=True)
+    sid_lengths = {str(n): int(c) for n, c in zip(lengths, length_counts, strict=True)}  # items per SID length
+    if cfg.variable_sids:
+        _log(f"  variable-length SIDs: {sid_lengths} items by length")
     stages["semantic_ids"] = round(time.time() - t, 1)
     _log(
         f"[4/7] semantic IDs from {'text' if proj is None else f'text + {cfg.sid_collab_weight} x SASRec'}: "
@@ -376,9 +376,7 @@ def build(dataset: Dataset, cfg: BuildConfig, dataset_label: str) -> Path:
             **asdict(sstats),
             "collisions_resolved": sstats.colliding_items,
             "representation": "text" if proj is None else f"text + {cfg.sid_collab_weight} x sasrec",
-            "lengths": {
-                str(n): int(c) for n, c in zip(*np.unique((sids >= 0).sum(axis=1), return_counts=True), strict=True)
-            },
+            "lengths": sid_lengths,
         },
         "metrics": metrics,
         "validation": {

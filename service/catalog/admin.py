@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from service.catalog.changes import ChangeLog
-from service.catalog.repo import ModelVersion, RepoError, load_version, resolve_version_dir
+from service.catalog.repo import ModelVersion, RepoError, SidAssigner, load_version, resolve_version_dir
 from service.catalog.store import CatalogStore, connect, sid_key_part
 from service.settings import Settings
 
@@ -47,10 +47,10 @@ def assign_sid(version: ModelVersion, item: dict[str, Any]) -> list[int]:
     meta = assigner.meta
     text = meta["text_template"].format(title=item.get("title", ""), category=category_text(item.get("category", "")))
     embedding = text_to_embedding(embed_texts([text]), assigner.text_to_collab, float(meta.get("collab_weight", 0)))
-    return semantic_prefix(version, embedding[0])
+    return semantic_prefix(version, assigner, embedding[0])
 
 
-def semantic_prefix(version: ModelVersion, embedding: np.ndarray) -> list[int]:
+def semantic_prefix(version: ModelVersion, assigner: SidAssigner, embedding: np.ndarray) -> list[int]:
     """The semantic codes for an item embedded as ``embedding`` (the assigner's space): the SID assigner's
     k-means prefix when catalog items already hold it, else the prefix of the nearest catalog item.
 
@@ -59,9 +59,6 @@ def semantic_prefix(version: ModelVersion, embedding: np.ndarray) -> list[int]:
     sits where the model does go for such text; the disambiguation level tells the two apart."""
     from pipeline.semantic_ids import assign_sid_prefix
 
-    assigner = version.sid_assigner()
-    if assigner is None:
-        raise AdminError(f"{version.model}/{version.version} has no SID assigner: give the SID with --sid")
     prefix = assign_sid_prefix(np.atleast_2d(embedding), assigner.centroids)[0]
     semantic = version.sids[:, : len(prefix)]
     if (semantic == prefix).all(axis=1).any() or assigner.item_embeddings is None:

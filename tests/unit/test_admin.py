@@ -20,9 +20,11 @@ def version() -> ModelVersion:
 
 
 def test_a_catalog_items_own_embedding_gets_its_own_prefix(version: ModelVersion) -> None:
-    emb = version.sid_assigner().item_embeddings  # type: ignore[union-attr]
+    assigner = version.sid_assigner()
+    assert assigner is not None and assigner.item_embeddings is not None
+    emb = assigner.item_embeddings
     for row in (0, 49, 180, len(emb) - 1):
-        assert semantic_prefix(version, emb[row]) == [int(c) for c in version.sids[row, :-1]]
+        assert semantic_prefix(version, assigner, emb[row]) == [int(c) for c in version.sids[row, :-1]]
 
 
 def test_an_embedding_whose_prefix_holds_no_item_goes_next_to_its_nearest_item(version: ModelVersion) -> None:
@@ -36,7 +38,7 @@ def test_an_embedding_whose_prefix_holds_no_item_goes_next_to_its_nearest_item(v
         a, b = rng.integers(0, len(emb), size=2)
         x = (0.5 * emb[a] + 0.5 * emb[b]).astype(np.float32)
         kmeans = tuple(int(c) for c in assign_sid_prefix(x[None, :].astype(np.float64), assigner.centroids)[0])
-        got = tuple(semantic_prefix(version, x))
+        got = tuple(semantic_prefix(version, assigner, x))
         assert got in held  # always a prefix the model was trained to generate
         if kmeans not in held:
             found += 1
